@@ -1,0 +1,1 @@
+"""Provider adapters, installed as ``trafficflip.providers``; one module per backend."""

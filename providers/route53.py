@@ -1,0 +1,297 @@
+"""Route53: each site is a weighted record set (``SetIdentifier`` = site, ``Weight`` = share %).
+
+Credentials and the endpoint come from the standard AWS chain (``AWS_ENDPOINT_URL_ROUTE_53``
+points it at a local emulation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from pydantic import BaseModel, ConfigDict
+
+from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.model import Answer
+from trafficflip.plan import Change, Plan
+from trafficflip.provider import Provider, Receipt
+from trafficflip.settings import ServiceConfig
+
+log = logging.getLogger("trafficflip.providers.route53")
+T = TypeVar("T")
+
+# Route53's documented limits for one ChangeResourceRecordSets request.
+MAX_CHANGES_PER_BATCH = 1000
+MAX_VALUE_CHARS_PER_BATCH = 32000
+TRANSIENT_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "PriorRequestNotComplete",
+    "ServiceUnavailable",
+    "InternalError",
+}
+# Reading a whole zone costs one call per 300 record sets; a few services read their names.
+FULL_ZONE_READ_ABOVE = 2
+
+
+class Route53Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["route53"]
+    hosted_zone_id: str | None = None
+    region: str = "us-east-1"
+    timeout: float = 10.0
+
+
+RecordKey = tuple[str, str]  # (name, type), name lower-case and fully qualified
+
+
+class Route53Provider(Provider):
+    """Weighted record sets in one or more hosted zones."""
+
+    TYPE = "route53"
+    KIND = "dns"
+    SUPPORTS_WEIGHTS = True
+    MAX_WEIGHT = 255
+    Config = Route53Config
+
+    def __init__(self, name: str, config: Route53Config, client: Any) -> None:
+        super().__init__(name, config)
+        self.client = client
+        self._zone_ids: dict[str, str] = {}
+        # The raw record sets of the last read: a DELETE must repeat a record set exactly.
+        self._raw: dict[tuple[str, str | None], dict[str, Any]] = {}
+
+    @classmethod
+    def create(cls, name: str, config: Any) -> Route53Provider:
+        client_config = botocore.config.Config(
+            # Backoff is ours (jittered, aware of PriorRequestNotComplete), not botocore's.
+            retries={"total_max_attempts": 1},
+            connect_timeout=config.timeout,
+            read_timeout=config.timeout,
+        )
+        client = boto3.session.Session().client(
+            "route53", region_name=config.region, config=client_config
+        )
+        return cls(name, config, client)
+
+    async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, **kwargs)
+        except botocore.exceptions.ClientError as exc:
+            error = exc.response.get("Error", {})
+            code, message = error.get("Code", "Unknown"), error.get("Message", str(exc))
+            text = f"route53 {what}: {code}: {message}"
+            if code in TRANSIENT_CODES:
+                raise TransientProviderError(text, kind=code) from exc
+            raise PermanentProviderError(text, kind=code) from exc
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            raise TransientProviderError(f"route53 {what}: {exc}", kind="network") from exc
+
+    async def zone_id(self, zone: str) -> str:
+        """The hosted zone id for ``zone``: configured, or looked up once and cached."""
+        if self.config.hosted_zone_id:
+            return str(self.config.hosted_zone_id).removeprefix("/hostedzone/")
+        zone = zone.lower()
+        if zone not in self._zone_ids:
+            reply = await self._call(
+                "ListHostedZonesByName",
+                self.client.list_hosted_zones_by_name,
+                DNSName=zone,
+                MaxItems="10",
+            )
+            ids = [z["Id"] for z in reply["HostedZones"] if z["Name"].lower() == zone]
+            if len(ids) != 1:
+                found = "no hosted zone" if not ids else f"{len(ids)} hosted zones"
+                raise PermanentProviderError(
+                    f"route53: {found} named {zone}; set providers.{self.name}.hosted_zone_id",
+                    kind="NoSuchHostedZone",
+                )
+            self._zone_ids[zone] = ids[0].removeprefix("/hostedzone/")
+        return self._zone_ids[zone]
+
+    async def read(self, services: Sequence[ServiceConfig]) -> Mapping[str, tuple[Answer, ...]]:
+        by_zone: dict[str, list[ServiceConfig]] = defaultdict(list)
+        for service in services:
+            by_zone[str(service.zone)].append(service)
+        answers: dict[str, tuple[Answer, ...]] = {}
+        for zone, members in by_zone.items():
+            zone_id = await self.zone_id(zone)
+            record_sets = await self._read_zone(zone_id, members)
+            for service in members:
+                answers[service.name] = self._answers(service, record_sets)
+        return answers
+
+    async def _read_zone(
+        self, zone_id: str, services: Sequence[ServiceConfig]
+    ) -> dict[RecordKey, list[dict[str, Any]]]:
+        wanted = {_key(s) for s in services}
+        starts: list[RecordKey | None] = [None]
+        if len(services) <= FULL_ZONE_READ_ABOVE:
+            starts = list(sorted(wanted))
+        found: dict[RecordKey, list[dict[str, Any]]] = defaultdict(list)
+        for start in starts:
+            await self._list_from(zone_id, start, wanted, found)
+        return found
+
+    async def _list_from(
+        self,
+        zone_id: str,
+        start: RecordKey | None,
+        wanted: set[RecordKey],
+        found: dict[RecordKey, list[dict[str, Any]]],
+    ) -> None:
+        params: dict[str, Any] = {"HostedZoneId": zone_id, "MaxItems": "300"}
+        if start is not None:
+            params.update(StartRecordName=start[0], StartRecordType=start[1])
+        while True:
+            page = await self._call(
+                "ListResourceRecordSets", self.client.list_resource_record_sets, **params
+            )
+            for record_set in page["ResourceRecordSets"]:
+                key = (_fqdn(record_set["Name"]), record_set["Type"])
+                if key in wanted:
+                    found[key].append(record_set)
+            next_key = (_fqdn(page.get("NextRecordName", "")), page.get("NextRecordType", ""))
+            # A targeted read stops once the listing has moved past the name it wanted.
+            if not page.get("IsTruncated") or (start is not None and next_key != start):
+                return
+            params.update(
+                StartRecordName=page["NextRecordName"], StartRecordType=page["NextRecordType"]
+            )
+            if "NextRecordIdentifier" in page:
+                params["StartRecordIdentifier"] = page["NextRecordIdentifier"]
+
+    def _answers(
+        self, service: ServiceConfig, record_sets: Mapping[RecordKey, list[dict[str, Any]]]
+    ) -> tuple[Answer, ...]:
+        answers = []
+        for record_set in record_sets.get(_key(service), []):
+            weighted = "Weight" in record_set and "SetIdentifier" in record_set
+            site = record_set["SetIdentifier"] if weighted else None
+            self._raw[(service.name, site)] = record_set
+            values = frozenset(
+                _value(r["Value"], service) for r in record_set.get("ResourceRecords", [])
+            )
+            weight = int(record_set["Weight"]) if weighted else None
+            answers.append(Answer(site, values, weight, record_set.get("TTL")))
+        return tuple(answers)
+
+    async def _apply(self, plan: Plan) -> Receipt:
+        by_zone: dict[str, list[Change]] = defaultdict(list)
+        for change in plan.changes:
+            by_zone[await self.zone_id(str(change.service.zone))].append(change)
+        change_ids: list[str] = []
+        in_sync = True
+        for zone_id, changes in by_zone.items():
+            for batch in _batches([self._change(c) for c in changes]):
+                info = await self._submit(zone_id, batch)
+                change_ids.append(info["Id"])
+                in_sync = in_sync and info["Status"] == "INSYNC"
+        return Receipt(self.name, tuple(change_ids), time.time(), in_sync)
+
+    async def _submit(self, zone_id: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            reply = await self._call(
+                "ChangeResourceRecordSets",
+                self.client.change_resource_record_sets,
+                HostedZoneId=zone_id,
+                ChangeBatch={"Changes": batch},
+            )
+        except PermanentProviderError:
+            names = {c["ResourceRecordSet"]["Name"] for c in batch}
+            if len(names) == 1:
+                raise
+            # One bad record must not block every other flip in the zone: retry per name.
+            log.warning("batch_rejected zone=%s names=%d splitting", zone_id, len(names))
+            return await self._submit_per_name(zone_id, batch)
+        info: dict[str, Any] = reply["ChangeInfo"]
+        return info
+
+    async def _submit_per_name(self, zone_id: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        per_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for change in batch:
+            per_name[change["ResourceRecordSet"]["Name"]].append(change)
+        errors: list[str] = []
+        last: dict[str, Any] = {}
+        for changes in per_name.values():
+            try:
+                last = await self._submit(zone_id, changes)
+            except PermanentProviderError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise PermanentProviderError("; ".join(errors), kind="InvalidChangeBatch")
+        return last
+
+    def _change(self, change: Change) -> dict[str, Any]:
+        service = change.service
+        if change.action == "delete":
+            raw = self._raw[(service.name, change.before.site if change.before else None)]
+            return {"Action": "DELETE", "ResourceRecordSet": raw}
+        after = change.after
+        assert after is not None and after.site is not None
+        record_set = {
+            "Name": service.record,
+            "Type": service.type,
+            "SetIdentifier": after.site,
+            "Weight": after.weight or 0,
+            "TTL": after.ttl,
+            "ResourceRecords": [{"Value": v} for v in sorted(after.targets)],
+        }
+        # UPSERT keeps the call idempotent: re-sending after a lost reply changes nothing.
+        return {"Action": "UPSERT", "ResourceRecordSet": record_set}
+
+    async def confirm(self, receipt: Receipt) -> bool:
+        for change_id in receipt.change_ids:
+            reply = await self._call("GetChange", self.client.get_change, Id=change_id)
+            if reply["ChangeInfo"]["Status"] != "INSYNC":
+                return False
+        return True
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.client.close)
+
+
+def _fqdn(name: str) -> str:
+    name = name.lower()
+    return name if name.endswith(".") else name + "."
+
+
+def _key(service: ServiceConfig) -> RecordKey:
+    return (_fqdn(str(service.record)), str(service.type))
+
+
+def _value(value: str, service: ServiceConfig) -> str:
+    return _fqdn(value) if service.type == "CNAME" else value
+
+
+def _batches(changes: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split at Route53's per-request limits, keeping a name's changes together (a takeover's
+    DELETE and UPSERT must land in the same batch)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for change in changes:
+        groups[change["ResourceRecordSet"]["Name"]].append(change)
+    batches: list[list[dict[str, Any]]] = [[]]
+    chars = 0
+    for group in groups.values():
+        size = sum(_chars(c) for c in group)
+        full = len(batches[-1]) + len(group) > MAX_CHANGES_PER_BATCH
+        if batches[-1] and (full or chars + size > MAX_VALUE_CHARS_PER_BATCH):
+            batches.append([])
+            chars = 0
+        batches[-1].extend(group)
+        chars += size
+    return [b for b in batches if b]
+
+
+def _chars(change: dict[str, Any]) -> int:
+    records = change["ResourceRecordSet"].get("ResourceRecords", [])
+    # Route53 counts every value's characters, twice for an UPSERT.
+    factor = 2 if change["Action"] == "UPSERT" else 1
+    return factor * sum(len(r["Value"]) for r in records)

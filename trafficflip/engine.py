@@ -1,0 +1,374 @@
+"""The reconcile step: health -> decide -> plan -> provider -> journal, for a set of services.
+
+The scheduler only calls ``observe`` (a probe finished), ``tick`` (time passed) and
+``reconcile`` (compare with the backend); every decision is made here, by calling the pure
+core. Probe results that change a check's status trigger a convergence at once, so a
+failover reaches the provider within fall x interval plus the time of the calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from trafficflip.commands import CommandError, apply_command
+from trafficflip.decide import decide
+from trafficflip.errors import PermanentProviderError, ProviderError, UnsafePlanError
+from trafficflip.health import CheckHealth, observe, site_health
+from trafficflip.model import (
+    Answer,
+    Event,
+    JournalEntry,
+    ProbeResult,
+    ServiceState,
+    SiteHealth,
+    Status,
+)
+from trafficflip.plan import Change, Plan, diff, make_plan, render
+from trafficflip.provider import Provider, Receipt
+from trafficflip.retry import backoff_delay
+from trafficflip.settings import Check, HealthConfig, ServiceConfig
+from trafficflip.state import ChangeRecord, StateStore
+from trafficflip.validation import Config
+
+log = logging.getLogger("trafficflip")
+GATES = "__gates__"
+RETRY_CAP = 30.0
+# GetChange is rate-limited with everything else: ask about pending changes this often.
+CONFIRM_EVERY = 5.0
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    """One check to probe; identical checks of several services are probed once."""
+
+    key: str
+    check: Check
+    health: HealthConfig
+
+
+@dataclass
+class ProviderStatus:
+    """What the last reconcile of a provider said, for status and readiness."""
+
+    ok: bool = True
+    error: str = ""
+    error_kind: str = ""
+    errors: int = 0
+    failures_in_row: int = 0
+    last_success: float | None = None
+
+
+@dataclass
+class ServiceRuntime:
+    """Per-service wiring: which probe keys make up each site and the gates."""
+
+    config: ServiceConfig
+    site_checks: dict[str, list[str]] = field(default_factory=dict)
+
+
+def check_key(check: Check, health: HealthConfig) -> str:
+    return json.dumps(
+        [check.model_dump(mode="json"), health.model_dump(mode="json")], sort_keys=True
+    )
+
+
+class Engine:
+    """Holds health and state for every service and drives providers towards decisions."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        providers: Mapping[str, Provider],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.providers = providers
+        self.clock = clock
+        self.jobs: dict[str, ProbeJob] = {}
+        self.checks: dict[str, CheckHealth] = {}
+        self.subscribers: dict[str, set[str]] = defaultdict(set)
+        self.services: dict[str, ServiceRuntime] = {}
+        self.states: dict[str, ServiceState] = {}
+        self.provider_status = {name: ProviderStatus() for name in providers}
+        self._pending: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._locks = {name: asyncio.Lock() for name in providers}
+        self._retry_handles: dict[str, asyncio.TimerHandle] = {}
+        self._last_confirm = 0.0
+        for service in config.services:
+            self._wire(service)
+            self.states[service.name] = store.load(service.name) or ServiceState()
+
+    def _wire(self, service: ServiceConfig) -> None:
+        runtime = ServiceRuntime(service)
+        groups = {site.name: site.checks for site in service.sites}
+        groups[GATES] = service.failback.gates
+        for group, checks in groups.items():
+            keys = []
+            for check in checks:
+                key = check_key(check, service.health)
+                self.jobs.setdefault(key, ProbeJob(key, check, service.health))
+                self.checks.setdefault(key, CheckHealth())
+                self.subscribers[key].add(service.name)
+                keys.append(key)
+            runtime.site_checks[group] = keys
+        self.services[service.name] = runtime
+
+    # -- health -----------------------------------------------------------------------------
+
+    def observe(self, key: str, result: ProbeResult) -> None:
+        """Fold a probe result in; converge at once the services whose health changed."""
+        job = self.jobs[key]
+        before = self.checks[key]
+        after = observe(before, result, rise=job.health.rise, fall=job.health.fall)
+        self.checks[key] = after
+        if after.status is not before.status or after.settled(job.health.rise) != before.settled(
+            job.health.rise
+        ):
+            for name in self.subscribers[key]:
+                self.request(name)
+
+    def site_health(self, service: str) -> dict[str, SiteHealth]:
+        runtime = self.services[service]
+        require = runtime.config.health.require
+        return {
+            group: site_health([self.checks[k] for k in keys], "all" if group == GATES else require)
+            for group, keys in runtime.site_checks.items()
+        }
+
+    def started(self, service: str) -> bool:
+        runtime = self.services[service]
+        rise = runtime.config.health.rise
+        return all(
+            self.checks[k].settled(rise) for keys in runtime.site_checks.values() for k in keys
+        )
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def request(self, service: str) -> None:
+        """Converge ``service`` soon; requests arriving together are applied in one batch."""
+        self._pending.add(service)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, set()
+            await self.converge(batch)
+
+    async def tick(self) -> None:
+        """Take operator commands and let time-based decisions (stabilize, ramp steps) fire."""
+        self.take_commands()
+        changed = [name for name in self.services if self.decide(name)]
+        if changed:
+            await self.converge(changed, decided=True)
+        if self.clock() - self._last_confirm >= CONFIRM_EVERY:
+            await self.confirm_changes()
+
+    def take_commands(self) -> None:
+        for command in self.store.pending():
+            runtime = self.services.get(command.service)
+            if runtime is None:
+                self.store.complete(command.id, f"error: unknown service {command.service!r}")
+                continue
+            try:
+                state, event = apply_command(
+                    runtime.config, self.states[command.service], command.name, command.args
+                )
+            except CommandError as exc:
+                self.store.complete(command.id, f"error: {exc}")
+                log.warning("command_rejected service=%s %s", command.service, exc)
+                continue
+            event = replace(event, message=f"{event.message} by {command.source}")
+            self._commit(command.service, state, [event])
+            self.store.complete(command.id, "ok")
+
+    def decide(self, name: str) -> bool:
+        """Run the decision core for one service; persist and log; True if shares changed."""
+        runtime = self.services[name]
+        health = self.site_health(name)
+        gates = health.pop(GATES).status
+        before = self.states[name]
+        decision = decide(
+            runtime.config, before, health, gates, self.clock(), started=self.started(name)
+        )
+        if decision.state != before or decision.events:
+            self._commit(name, decision.state, decision.events)
+        return decision.state.shares != before.shares
+
+    def _commit(self, name: str, state: ServiceState, events: Iterable[Event]) -> None:
+        now = self.clock()
+        entries = []
+        for event in events:
+            log.log(
+                logging.WARNING if event.kind in ("failover", "all_down") else logging.INFO,
+                "%s %s: %s",
+                event.kind,
+                name,
+                event.message,
+            )
+            data: dict[str, object] = {"site": event.site} if event.site else {}
+            if state.shares is not None:
+                data["shares"] = dict(state.shares)
+            entries.append(JournalEntry(now, name, event.kind, event.message, data))
+        self.states[name] = state
+        self.store.save(name, state, entries)
+
+    # -- providers --------------------------------------------------------------------------
+
+    async def converge(
+        self, names: Iterable[str], *, decided: bool = False, apply: bool = True
+    ) -> dict[str, Plan]:
+        """Decide (unless done) and bring each provider's answers to the decided shares."""
+        names = list(names)
+        if not decided:
+            for name in names:
+                self.decide(name)
+        by_provider: dict[str, list[ServiceConfig]] = defaultdict(list)
+        for name in names:
+            service = self.services[name].config
+            if self.states[name].shares is not None:
+                by_provider[service.provider].append(service)
+        plans = {}
+        for provider_name, services in by_provider.items():
+            async with self._locks[provider_name]:
+                plan = await self._sync_provider(provider_name, services, apply=apply)
+            if plan is not None:
+                plans[provider_name] = plan
+        return plans
+
+    async def reconcile(self, *, apply: bool = True) -> dict[str, Plan]:
+        """Compare every service with its backend and correct drift; confirm changes."""
+        self.take_commands()
+        plans = await self.converge(list(self.services), apply=apply)
+        if apply:
+            await self.confirm_changes()
+        return plans
+
+    async def _sync_provider(
+        self, provider_name: str, services: list[ServiceConfig], *, apply: bool
+    ) -> Plan | None:
+        provider = self.providers[provider_name]
+        status = self.provider_status[provider_name]
+        try:
+            actual = await provider.read(services)
+            plan = make_plan(
+                change
+                for service in services
+                for change in self._changes(provider, service, actual.get(service.name, ()))
+            )
+            if not apply:
+                return plan
+            receipt = await provider.apply(plan)
+        except (ProviderError, UnsafePlanError) as exc:
+            self._provider_failed(provider_name, services, exc)
+            return None
+        status.ok, status.error, status.failures_in_row = True, "", 0
+        status.last_success = self.clock()
+        self._applied(provider_name, services, plan, receipt)
+        return plan
+
+    def _changes(
+        self, provider: Provider, service: ServiceConfig, actual: Iterable[Answer]
+    ) -> tuple[Change, ...]:
+        shares = self.states[service.name].shares or {}
+        desired = render(service, shares, weighted=provider.SUPPORTS_WEIGHTS)
+        return diff(service, desired, actual)
+
+    def _applied(
+        self, provider_name: str, services: list[ServiceConfig], plan: Plan, receipt: Receipt | None
+    ) -> None:
+        now = self.clock()
+        for service in services:
+            changes = plan.for_service(service.name)
+            state = self.states[service.name]
+            entries = []
+            if changes:
+                text = "; ".join(str(c) for c in changes)
+                log.info("provider_change %s: %s", service.name, text)
+                data: dict[str, object] = {"provider": provider_name}
+                if receipt is not None:
+                    data["change_ids"] = list(receipt.change_ids)
+                    self.store.record_change(
+                        ChangeRecord(
+                            service.name,
+                            provider_name,
+                            receipt.change_ids,
+                            receipt.submitted_at,
+                            receipt.in_sync,
+                            now if receipt.in_sync else None,
+                        )
+                    )
+                entries.append(JournalEntry(now, service.name, "provider_change", text, data))
+            if state.applied_at is None or entries:
+                state = replace(state, applied_at=now)
+                self.states[service.name] = state
+                self.store.save(service.name, state, entries)
+
+    def _provider_failed(
+        self, provider_name: str, services: list[ServiceConfig], exc: Exception
+    ) -> None:
+        status = self.provider_status[provider_name]
+        status.ok, status.error = False, str(exc)
+        status.error_kind = getattr(exc, "kind", type(exc).__name__)
+        status.errors += 1
+        status.failures_in_row += 1
+        names = ", ".join(s.name for s in services)
+        log.error(
+            "provider_error provider=%s services=%s kind=%s error=%s",
+            provider_name,
+            names,
+            status.error_kind,
+            exc,
+        )
+        self.store.append(
+            [
+                JournalEntry(
+                    self.clock(), s.name, "provider_error", str(exc), {"provider": provider_name}
+                )
+                for s in services
+            ]
+        )
+        if isinstance(exc, PermanentProviderError | UnsafePlanError):
+            return  # not hammered: the reconcile interval retries it
+        delay = max(1.0, backoff_delay(status.failures_in_row, base=1.0, cap=RETRY_CAP))
+        for service in services:
+            self._retry_later(service.name, delay)
+
+    def _retry_later(self, name: str, delay: float) -> None:
+        """The pending change stays in the state; ask again after ``delay``."""
+        if name in self._retry_handles and not self._retry_handles[name].cancelled():
+            self._retry_handles[name].cancel()
+        loop = asyncio.get_running_loop()
+        self._retry_handles[name] = loop.call_later(delay, self.request, name)
+
+    async def confirm_changes(self) -> None:
+        """Ask providers whether recorded changes are in sync (Route53 ``INSYNC``)."""
+        self._last_confirm = self.clock()
+        for name in self.services:
+            record = self.store.last_change(name)
+            if record is None or record.in_sync or record.provider not in self.providers:
+                continue
+            receipt = Receipt(record.provider, record.change_ids, record.submitted_at, False)
+            try:
+                in_sync = await self.providers[record.provider].confirm(receipt)
+            except ProviderError as exc:
+                log.warning("confirm_failed service=%s error=%s", name, exc)
+                continue
+            if in_sync:
+                self.store.record_change(replace(record, in_sync=True, confirmed_at=self.clock()))
+                lag = self.clock() - record.submitted_at
+                log.info(
+                    "in_sync %s: change %s after %.1fs", name, ",".join(record.change_ids), lag
+                )
+
+    def gates_status(self, service: str) -> Status:
+        return self.site_health(service)[GATES].status

@@ -1,0 +1,143 @@
+"""Desired answers vs actual answers -> a ``Plan`` that prints itself and refuses unsafe change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from trafficflip.errors import UnsafePlanError
+from trafficflip.model import Answer
+from trafficflip.settings import ServiceConfig
+
+Action = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One answer to create, update or delete for one service."""
+
+    service: ServiceConfig
+    action: Action
+    before: Answer | None
+    after: Answer | None
+
+    @property
+    def site(self) -> str | None:
+        answer = self.after or self.before
+        return answer.site if answer else None
+
+    def __str__(self) -> str:
+        label = self.site or "(answer)"
+        if self.action == "create":
+            return f"+ {self.service.name} {label}: {_describe(self.after)}"
+        if self.action == "delete":
+            return f"- {self.service.name} {label}: {_describe(self.before)}"
+        return f"~ {self.service.name} {label}: {_describe(self.before)} -> {_describe(self.after)}"
+
+
+def _describe(answer: Answer | None) -> str:
+    if answer is None:
+        return "none"
+    parts = [",".join(sorted(answer.targets)) or "(no targets)"]
+    if answer.weight is not None:
+        parts.append(f"weight {answer.weight}")
+    if answer.ttl is not None:
+        parts.append(f"ttl {answer.ttl}")
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The changes one provider must make, sorted by service and site."""
+
+    changes: tuple[Change, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    def count(self, action: Action) -> int:
+        return sum(1 for c in self.changes if c.action == action)
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"Creates={self.count('create')}, Updates={self.count('update')}, "
+            f"Deletes={self.count('delete')}"
+        )
+
+    @property
+    def services(self) -> tuple[ServiceConfig, ...]:
+        seen: dict[str, ServiceConfig] = {}
+        for change in self.changes:
+            seen.setdefault(change.service.name, change.service)
+        return tuple(seen.values())
+
+    def for_service(self, name: str) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.service.name == name)
+
+    def __str__(self) -> str:
+        if not self.changes:
+            return "No changes"
+        return "\n".join([*(str(c) for c in self.changes), self.summary])
+
+
+def render(
+    service: ServiceConfig, shares: Mapping[str, int], *, weighted: bool
+) -> tuple[Answer, ...]:
+    """The answers that express ``shares`` on a backend.
+
+    A weighted backend gets one answer per site with its share as the weight (0 keeps the
+    answer in place but takes it out of rotation). A set-only backend gets one answer with
+    the targets of every site that has a share: a ramp becomes a mixed answer.
+    """
+    if weighted:
+        return tuple(
+            Answer(s.name, frozenset(s.targets), shares.get(s.name, 0), service.ttl)
+            for s in service.sites
+        )
+    targets = frozenset(t for s in service.sites if shares.get(s.name, 0) > 0 for t in s.targets)
+    return (Answer(None, targets, None, service.ttl),)
+
+
+def check_safe(service: ServiceConfig, desired: Sequence[Answer]) -> None:
+    """Refuse an answer set that would send traffic nowhere."""
+    serving = [a for a in desired if a.targets and (a.weight is None or a.weight > 0)]
+    if not serving:
+        raise UnsafePlanError(
+            f"service {service.name}: refusing a plan that leaves no target serving"
+        )
+
+
+def diff(
+    service: ServiceConfig, desired: Iterable[Answer], actual: Iterable[Answer]
+) -> tuple[Change, ...]:
+    """Changes that turn ``actual`` into ``desired`` for one service.
+
+    Answers are matched by site. An actual answer with no site at a name where trafficflip
+    wants weighted answers is someone's plain record: it is deleted in the same batch that
+    creates ours (a takeover). An answer for a site no longer configured is taken out of
+    rotation (weight 0), never deleted: deleting what we did not just write is not ours to do.
+    """
+    desired_list = list(desired)
+    check_safe(service, desired_list)
+    have = {a.site: a for a in actual}
+    changes: list[Change] = []
+    for answer in desired_list:
+        before = have.pop(answer.site, None)
+        if before is None:
+            changes.append(Change(service, "create", None, answer))
+        elif before != answer:
+            changes.append(Change(service, "update", before, answer))
+    for site, leftover in have.items():
+        if site is None:
+            changes.append(Change(service, "delete", leftover, None))
+        elif leftover.weight:
+            retired = Answer(site, leftover.targets, 0, leftover.ttl)
+            changes.append(Change(service, "update", leftover, retired))
+    return tuple(changes)
+
+
+def make_plan(changes: Iterable[Change]) -> Plan:
+    ordered = sorted(changes, key=lambda c: (c.service.name, c.action != "delete", c.site or ""))
+    return Plan(tuple(ordered))

@@ -1,0 +1,110 @@
+"""The provider contract: read the answers a backend holds, apply a plan to it.
+
+Adapters live in ``trafficflip.providers`` (or any package registering a class under the
+``trafficflip.providers`` entry-point group). The core never imports an adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel
+
+from trafficflip.model import Answer
+from trafficflip.plan import Plan, check_safe
+from trafficflip.retry import retry_transient
+from trafficflip.settings import ServiceConfig
+
+log = logging.getLogger("trafficflip.provider")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a provider returns for an applied plan; its ``change_ids`` are confirmed later."""
+
+    provider: str
+    change_ids: tuple[str, ...]
+    submitted_at: float
+    in_sync: bool = True
+
+
+class Provider(ABC):
+    """Base class of every adapter.
+
+    Capabilities are declared, not discovered: ``KIND`` says whether a service on this
+    provider is a DNS name (``record``/``type``/``ttl``) or a pool; ``SUPPORTS_WEIGHTS``
+    whether a ramp is expressed as exact weights or as mixed answers; ``MAX_WEIGHT`` the
+    largest weight the backend accepts.
+    """
+
+    TYPE: ClassVar[str]
+    KIND: ClassVar[Literal["dns", "pool"]] = "dns"
+    SUPPORTS_WEIGHTS: ClassVar[bool] = True
+    MAX_WEIGHT: ClassVar[int] = 100
+    Config: ClassVar[type[BaseModel]]
+
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.config = config
+
+    @classmethod
+    def create(cls, name: str, config: Any) -> Provider:
+        """Build the provider with real clients from its validated config."""
+        return cls(name, config)
+
+    @classmethod
+    def validate_service(cls, service: ServiceConfig, config: Any) -> list[tuple[str, str]]:
+        """Provider-specific problems with a service, as (key path in the service, reason).
+
+        Called once at start and by ``check-config``; must not do I/O.
+        """
+        return []
+
+    @abstractmethod
+    async def read(self, services: Sequence[ServiceConfig]) -> Mapping[str, tuple[Answer, ...]]:
+        """Return the answers the backend holds for each service, keyed by service name.
+
+        Reads only the names/objects the services configure; a missing one maps to ``()``.
+        Idempotent and side-effect free. Raises ``TransientProviderError`` or
+        ``PermanentProviderError``.
+        """
+
+    @abstractmethod
+    async def _apply(self, plan: Plan) -> Receipt:
+        """Make the backend hold the plan's ``after`` answers.
+
+        Called only with a non-empty plan that passed the safety checks. Must change nothing
+        outside the plan, must never leave half of one zone's/pool's changes applied when
+        the backend offers atomic batches, and must build fresh requests on every call (it
+        is retried on ``TransientProviderError``).
+        """
+
+    async def apply(self, plan: Plan) -> Receipt | None:
+        """Check, log and apply ``plan``, retrying transient errors with backoff."""
+        if not plan:
+            return None
+        for service in plan.services:
+            afters = [c.after for c in plan.for_service(service.name) if c.after is not None]
+            if afters:
+                check_safe(service, afters)
+        log.info("apply provider=%s %s", self.name, plan.summary)
+        return await retry_transient(lambda: self._apply(plan), what=f"{self.name} apply")
+
+    async def confirm(self, receipt: Receipt) -> bool:
+        """True once the change has reached every server that answers for it."""
+        return True
+
+    async def check_live(self, services: Sequence[ServiceConfig]) -> list[str]:
+        """Problems with the backend objects the services name (``check-config --live``)."""
+        try:
+            await self.read(services)
+        except Exception as exc:  # reported, not raised: this is a diagnostic
+            return [f"providers.{self.name}: {exc}"]
+        return []
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release clients and sockets."""

@@ -1,0 +1,234 @@
+"""The configuration schema: a YAML file plus ``TRAFFICFLIP_`` environment variables.
+
+Shape errors come from pydantic; rules that span keys (a record inside its zone, steps
+long enough for the TTL) live in ``trafficflip.validation``. Both report ``key.path: reason``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from trafficflip.durations import Duration
+
+MIN_INTERVAL = 0.1
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def split_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or (with a default port) a bare host or address."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", value.strip())
+    if not match:
+        bare_v6 = _as_ip(value)
+        if bare_v6 is not None and default_port is not None:
+            return value, default_port
+        raise ValueError(f"invalid address {value!r}: use host:port or [v6]:port")
+    host = match.group(1) or match.group(3)
+    port_text = match.group(2) or match.group(4)
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"invalid address {value!r}: a port is required (host:port)")
+        return host, default_port
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid address {value!r}: port {port} out of range 1-65535")
+    return host, port
+
+
+def _as_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+class HttpCheck(Strict):
+    type: Literal["http"]
+    url: str
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = [200]
+    body: str | None = None
+    body_regex: str | None = None
+    host: str | None = None
+    headers: dict[str, str] = {}
+    verify: bool = True
+    sni: str | None = None
+    max_latency: Duration | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        try:
+            url = httpx.URL(value)
+        except Exception as exc:  # httpx raises several types for malformed URLs
+            raise ValueError(f"invalid URL {value!r}: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"invalid URL {value!r}: needs http:// or https:// and a host")
+        return value
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+class TcpCheck(Strict):
+    type: Literal["tcp"]
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+
+class DnsCheck(Strict):
+    type: Literal["dns"]
+    server: str
+    name: str
+    rdtype: Literal["A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA", "SRV", "PTR"] = "A"
+    expect: list[str] = []
+    tcp: bool = False
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        split_host_port(value, default_port=53)
+        return value
+
+
+Check = Annotated[HttpCheck | TcpCheck | DnsCheck, Field(discriminator="type")]
+
+
+class HealthConfig(Strict):
+    interval: Duration = 5.0
+    timeout: Duration = 2.0
+    fall: int = 3
+    rise: int = 2
+    require: Literal["all", "any"] = "all"
+
+    @field_validator("fall", "rise")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be at least 1, got {value}")
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < MIN_INTERVAL:
+            raise ValueError(f"must be at least {MIN_INTERVAL * 1000:.0f}ms")
+        return value
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self) -> HealthConfig:
+        if self.timeout >= self.interval:
+            raise ValueError(f"timeout ({self.timeout}s) must be below interval ({self.interval}s)")
+        return self
+
+
+class FailbackConfig(Strict):
+    mode: Literal["auto", "manual"] = "auto"
+    stabilize: Duration = 120.0
+    steps: list[int] = [10, 25, 50, 100]
+    step_duration: Duration = 60.0
+    allow_short_steps: bool = False
+    gates: list[Check] = []
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if not steps or steps[-1] != 100:
+            raise ValueError("must end at 100")
+        if any(not 0 < s <= 100 for s in steps):
+            raise ValueError("every step must be between 1 and 100")
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"must be strictly ascending, got {steps}")
+        return steps
+
+
+class SiteConfig(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+    targets: Annotated[list[str], Field(min_length=1)]
+    checks: Annotated[list[Check], Field(min_length=1)]
+    weight: Annotated[int, Field(ge=1, le=100)] = 1
+
+
+class ServiceConfig(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+    provider: str
+    zone: str | None = None
+    record: str | None = None
+    type: Literal["A", "AAAA", "CNAME"] | None = None
+    ttl: Annotated[int, Field(ge=1, le=86400)] | None = None
+    mode: Literal["active-passive", "active-active"] = "active-passive"
+    health: HealthConfig = HealthConfig()
+    failback: FailbackConfig = FailbackConfig()
+    all_down: Literal["keep", "all"] = "keep"
+    sites: Annotated[list[SiteConfig], Field(min_length=1)]
+    # Pool services name their load-balancer object instead of a record.
+    backend: str | None = None  # haproxy
+    listener_arn: str | None = None  # elbv2
+    rule_arn: str | None = None  # elbv2
+
+    def site(self, name: str) -> SiteConfig:
+        return next(s for s in self.sites if s.name == name)
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sites)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Environment variables override the YAML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRAFFICFLIP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    config: str | None = None
+    state: str = "sqlite:///trafficflip.db"
+    reconcile_interval: Duration = 30.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = (
+        "INFO"
+    )
+    log_format: Literal["text", "json"] = "text"
+    providers: dict[str, dict[str, Any]] = {}
+    services: list[ServiceConfig] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init arguments; the environment wins over it.
+        return (env_settings, init_settings)
+
+    def service(self, name: str) -> ServiceConfig:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)

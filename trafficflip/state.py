@@ -1,0 +1,222 @@
+"""The state store: per-service decisions, operator commands, provider changes and the journal.
+
+``StateStore`` is the interface; ``SqliteStateStore`` the default backend. Every write of a
+service's state goes with its journal entries in one transaction, so a crash never leaves a
+decision without its record or the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from trafficflip.errors import ConfigError
+from trafficflip.model import JournalEntry, Ramp, ServiceState
+
+
+@dataclass(frozen=True)
+class Command:
+    """An operator command waiting for (or taken by) the running instance."""
+
+    id: int
+    at: float
+    service: str
+    name: str
+    args: dict[str, Any]
+    source: str
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """The last provider change for a service and whether it is confirmed in sync."""
+
+    service: str
+    provider: str
+    change_ids: tuple[str, ...]
+    submitted_at: float
+    in_sync: bool
+    confirmed_at: float | None
+
+
+class StateStore(Protocol):
+    def load(self, service: str) -> ServiceState | None: ...
+    def save(self, service: str, state: ServiceState, entries: Sequence[JournalEntry]) -> None: ...
+    def append(self, entries: Sequence[JournalEntry]) -> None: ...
+    def journal(self, service: str | None = None, limit: int = 50) -> list[JournalEntry]: ...
+    def submit(self, service: str, name: str, args: dict[str, Any], source: str) -> int: ...
+    def pending(self) -> list[Command]: ...
+    def complete(self, command_id: int, result: str) -> None: ...
+    def record_change(self, record: ChangeRecord) -> None: ...
+    def last_change(self, service: str) -> ChangeRecord | None: ...
+    def close(self) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, service TEXT NOT NULL,
+    kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_service ON journal(service, id);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, service TEXT NOT NULL,
+    name TEXT NOT NULL, args TEXT NOT NULL, source TEXT NOT NULL,
+    done_at REAL, result TEXT);
+CREATE TABLE IF NOT EXISTS changes (
+    service TEXT PRIMARY KEY, provider TEXT NOT NULL, change_ids TEXT NOT NULL,
+    submitted_at REAL NOT NULL, in_sync INTEGER NOT NULL, confirmed_at REAL);
+"""
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a SQLAlchemy-style URL: ``sqlite:///rel.db``, ``sqlite:////abs.db``."""
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        return ":memory:"
+    if not url.startswith("sqlite:///"):
+        raise ConfigError([f"state: unsupported state URL {url!r} (use sqlite:///PATH)"])
+    return url.removeprefix("sqlite:///")
+
+
+def open_store(url: str) -> SqliteStateStore:
+    """Open the store named by the ``state`` setting."""
+    return SqliteStateStore(sqlite_path(url))
+
+
+class SqliteStateStore:
+    """SQLite in WAL mode: the running instance writes, CLI commands write beside it."""
+
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a decision acknowledged to the provider must survive a power cut.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def load(self, service: str) -> ServiceState | None:
+        row = self._db.execute("SELECT state FROM services WHERE name = ?", (service,)).fetchone()
+        return state_from_json(row[0]) if row else None
+
+    def save(self, service: str, state: ServiceState, entries: Sequence[JournalEntry]) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO services(name, state, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET state = excluded.state, "
+                "updated_at = excluded.updated_at",
+                (service, state_to_json(state), time.time()),
+            )
+            self._insert_journal(entries)
+
+    def append(self, entries: Sequence[JournalEntry]) -> None:
+        with self._transaction():
+            self._insert_journal(entries)
+
+    def _insert_journal(self, entries: Sequence[JournalEntry]) -> None:
+        self._db.executemany(
+            "INSERT INTO journal(at, service, kind, message, data) VALUES (?, ?, ?, ?, ?)",
+            [(e.at, e.service, e.kind, e.message, json.dumps(e.data)) for e in entries],
+        )
+
+    def journal(self, service: str | None = None, limit: int = 50) -> list[JournalEntry]:
+        where, args = ("WHERE service = ?", (service,)) if service else ("", ())
+        rows = self._db.execute(
+            f"SELECT at, service, kind, message, data FROM journal {where} "
+            "ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [JournalEntry(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in reversed(rows)]
+
+    def submit(self, service: str, name: str, args: dict[str, Any], source: str) -> int:
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO commands(at, service, name, args, source) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), service, name, json.dumps(args), source),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def pending(self) -> list[Command]:
+        rows = self._db.execute(
+            "SELECT id, at, service, name, args, source FROM commands "
+            "WHERE done_at IS NULL ORDER BY id"
+        ).fetchall()
+        return [Command(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+
+    def complete(self, command_id: int, result: str) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE commands SET done_at = ?, result = ? WHERE id = ?",
+                (time.time(), result, command_id),
+            )
+
+    def command_result(self, command_id: int) -> str | None:
+        row = self._db.execute(
+            "SELECT result FROM commands WHERE id = ? AND done_at IS NOT NULL", (command_id,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def record_change(self, record: ChangeRecord) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.service,
+                    record.provider,
+                    json.dumps(record.change_ids),
+                    record.submitted_at,
+                    int(record.in_sync),
+                    record.confirmed_at,
+                ),
+            )
+
+    def last_change(self, service: str) -> ChangeRecord | None:
+        row = self._db.execute("SELECT * FROM changes WHERE service = ?", (service,)).fetchone()
+        if row is None:
+            return None
+        return ChangeRecord(row[0], row[1], tuple(json.loads(row[2])), row[3], bool(row[4]), row[5])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        # IMMEDIATE takes the write lock up front, so two writers queue instead of failing.
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def state_to_json(state: ServiceState) -> str:
+    return json.dumps(asdict(state), sort_keys=True)
+
+
+def state_from_json(text: str) -> ServiceState:
+    raw = json.loads(text)
+    ramp = raw.get("ramp")
+    return ServiceState(
+        members=tuple(raw.get("members", ())),
+        ramp=Ramp(tuple(ramp["to"]), ramp["step"], ramp["since"], ramp.get("reason", "failback"))
+        if ramp
+        else None,
+        shares=raw.get("shares"),
+        applied_at=raw.get("applied_at"),
+        pinned=raw.get("pinned"),
+        drained=tuple(raw.get("drained", ())),
+        failback_approved=raw.get("failback_approved", False),
+        held=raw.get("held", False),
+        order=tuple(raw["order"]) if raw.get("order") else None,
+        all_down=raw.get("all_down", False),
+    )

@@ -1,0 +1,227 @@
+"""Load the configuration and check every rule, reporting all problems as ``key.path: reason``."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from trafficflip.errors import ConfigError
+from trafficflip.provider import Provider
+from trafficflip.registry import provider_class
+from trafficflip.settings import ServiceConfig, Settings
+
+CONFIG_ENV = "TRAFFICFLIP_CONFIG"
+POOL_FIELDS = ("backend", "listener_arn", "rule_arn")
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """A configured provider: its class and its validated config."""
+
+    name: str
+    cls: type[Provider]
+    config: BaseModel
+
+
+@dataclass(frozen=True)
+class Config:
+    """A configuration that passed every check."""
+
+    settings: Settings
+    providers: Mapping[str, ProviderSpec]
+
+    @property
+    def services(self) -> list[ServiceConfig]:
+        return self.settings.services
+
+    def provider_of(self, service: ServiceConfig) -> ProviderSpec:
+        return self.providers[service.provider]
+
+
+def load_config(path: str | None = None, *, data: Mapping[str, Any] | None = None) -> Config:
+    """Read YAML from ``path`` (or ``TRAFFICFLIP_CONFIG``), apply the environment, validate."""
+    if data is None:
+        path = path or os.environ.get(CONFIG_ENV)
+        data = read_yaml(path) if path else {}
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    problems: list[str] = []
+    providers = _load_providers(settings, problems)
+    problems.extend(_service_problems(settings, providers))
+    if problems:
+        raise ConfigError(problems)
+    return Config(settings, providers)
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"config: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"config: {path}{where}: invalid YAML"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config: {path}: the top level must be a mapping"])
+    return data
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+    """pydantic errors as ``services[0].health.fall: must be at least 1``."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        path = _format_loc(error["loc"], prefix)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{path}: {message}")
+    return problems
+
+
+def _format_loc(loc: Sequence[int | str], prefix: str) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("http", "tcp", "dns"):
+            continue  # the discriminator's tag, not a key the operator wrote
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "config"
+
+
+def _load_providers(settings: Settings, problems: list[str]) -> dict[str, ProviderSpec]:
+    specs = {}
+    for name, raw in settings.providers.items():
+        key = f"providers.{name}"
+        type_name = raw.get("type")
+        if not type_name:
+            problems.append(f"{key}.type: required key is missing")
+            continue
+        try:
+            cls = provider_class(str(type_name))
+        except ConfigError as exc:
+            problems.extend(f"{key}.type: {p}" for p in exc.problems)
+            continue
+        try:
+            specs[name] = ProviderSpec(name, cls, cls.Config(**raw))
+        except ValidationError as exc:
+            problems.extend(format_validation_error(exc, key))
+    return specs
+
+
+def _service_problems(settings: Settings, providers: Mapping[str, ProviderSpec]) -> Iterator[str]:
+    yield from _duplicates("services", [s.name for s in settings.services])
+    for index, service in enumerate(settings.services):
+        key = f"services[{index}]"
+        yield from _duplicates(f"{key}.sites", [s.name for s in service.sites])
+        if service.provider not in settings.providers:
+            known = ", ".join(sorted(settings.providers)) or "none configured"
+            yield f"{key}.provider: unknown provider {service.provider!r} (known: {known})"
+        spec = providers.get(service.provider)
+        if spec is None:
+            continue
+        if spec.cls.KIND == "dns":
+            yield from (f"{key}.{p}" for p in _dns_problems(service, spec.cls))
+        else:
+            yield from (f"{key}.{p}" for p in _pool_problems(service))
+        for path, reason in spec.cls.validate_service(service, spec.config):
+            yield f"{key}.{path}: {reason}"
+
+
+def _duplicates(key: str, names: Sequence[str]) -> Iterator[str]:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            yield f"{key}[{index}].name: duplicate name {name!r}"
+        seen.add(name)
+
+
+def _dns_problems(service: ServiceConfig, cls: type[Provider]) -> Iterator[str]:
+    for field in ("zone", "record", "type", "ttl"):
+        if getattr(service, field) is None:
+            yield f"{field}: required for a DNS provider"
+    for field in POOL_FIELDS:
+        if getattr(service, field) is not None:
+            yield f"{field}: only for a load-balancer provider"
+    if service.zone is None or service.record is None or service.type is None:
+        return
+    zone, record = service.zone, service.record
+    if not zone.endswith(".") or not record.endswith("."):
+        yield "record: record and zone must be fully qualified (end with '.')"
+    elif not _in_zone(record, zone):
+        yield f"record: {record} is not inside zone {zone}"
+    for s_index, site in enumerate(service.sites):
+        for t_index, target in enumerate(site.targets):
+            problem = _target_problem(service.type, target)
+            if problem:
+                yield f"sites[{s_index}].targets[{t_index}]: {problem}"
+    yield from _cname_problems(service, cls)
+    failback = service.failback
+    if service.ttl and failback.step_duration < service.ttl and not failback.allow_short_steps:
+        yield (
+            f"failback.step_duration: {failback.step_duration:g}s is shorter than the ttl "
+            f"({service.ttl}s): resolvers would skip steps (set allow_short_steps: true to allow)"
+        )
+
+
+def _cname_problems(service: ServiceConfig, cls: type[Provider]) -> Iterator[str]:
+    if service.type != "CNAME":
+        return
+    # A name with a CNAME may hold nothing else, so only one site can serve at a time.
+    if service.mode == "active-active":
+        yield "mode: a CNAME cannot have more than one serving site at once (use active-passive)"
+    if not cls.SUPPORTS_WEIGHTS and service.failback.steps != [100]:
+        yield (
+            "failback.steps: a CNAME on a provider without weights cannot mix two sites; "
+            "use steps: [100]"
+        )
+    for s_index, site in enumerate(service.sites):
+        if len(site.targets) != 1:
+            yield f"sites[{s_index}].targets: a CNAME site has exactly one target"
+
+
+def _pool_problems(service: ServiceConfig) -> Iterator[str]:
+    for field in ("zone", "record", "type", "ttl"):
+        if getattr(service, field) is not None:
+            yield f"{field}: not used by a load-balancer provider"
+
+
+def _in_zone(record: str, zone: str) -> bool:
+    record, zone = record.lower(), zone.lower()
+    return record == zone or record.endswith("." + zone) or zone == "."
+
+
+def _target_problem(rtype: str, target: str) -> str | None:
+    if rtype in ("A", "AAAA"):
+        try:
+            address = ipaddress.ip_address(target)
+        except ValueError:
+            return f"{target!r} is not an IP address"
+        want = 4 if rtype == "A" else 6
+        if address.version != want:
+            return f"{target} is not an IPv{want} address (type {rtype})"
+        return None
+    if not target.endswith(".") or not all(_label_ok(p) for p in target[:-1].split(".")):
+        return f"{target!r} is not a fully qualified host name (end it with '.')"
+    return None
+
+
+def _label_ok(label: str) -> bool:
+    return 0 < len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label)
