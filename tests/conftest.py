@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import HttpSite, MotoServer
+
+
+@pytest.fixture
+def site() -> Iterator[HttpSite]:
+    server = HttpSite().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = moto_server.env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in list(os.environ):
+        if key.startswith("TRAFFICFLIP_"):
+            monkeypatch.delenv(key)
+    return env

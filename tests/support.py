@@ -1,0 +1,148 @@
+"""Shared test helpers: loopback HTTP sites, free ports, polling with a deadline, processes."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+
+
+class HttpSite:
+    """A loopback HTTP server answering ``/healthz`` with ``status`` and ``body``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.status = 200
+        self.body = b"ok"
+        self.requests = 0
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/healthz"
+
+    def start(self) -> HttpSite:
+        site = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                site.requests += 1
+                self.send_response(site.status)
+                self.send_header("Content-Length", str(len(site.body)))
+                self.end_headers()
+                self.wfile.write(site.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop answering: new connections are refused."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            assert self._thread is not None
+            self._thread.join(timeout=5)
+            self._server = None
+
+
+class Process:
+    """A child process we started; stopped by its PID, never by name."""
+
+    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None,
+                 log: Path | None = None, cwd: Path | None = None) -> None:
+        self.args = list(args)
+        self.log_path = log
+        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.args, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+            cwd=cwd, start_new_session=True,
+        )
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout)
+        return int(self.proc.returncode)
+
+
+def trafficflip_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trafficflip", *args]
+
+
+class MotoServer(Process):
+    """moto in server mode on a loopback port: the real AWS HTTP API, emulated."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        moto = Path(sys.executable).with_name("moto_server")
+        super().__init__([str(moto), "-H", "127.0.0.1", "-p", str(self.port)], log=log)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_until(self._up, timeout=30, what="moto_server to listen")
+
+    def _up(self) -> bool:
+        assert self.alive(), self.output()
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def env(self) -> dict[str, str]:
+        """The environment that points boto3 at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }

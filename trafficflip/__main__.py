@@ -1,0 +1,5 @@
+import sys
+
+from trafficflip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,155 @@
+"""Health probes: HTTP(S), TCP connect and DNS. Every probe has a hard timeout and never raises.
+
+One ``Prober`` per process holds the shared ``httpx.AsyncClient`` (a client per request leaks
+sockets). Certificate verification is a client setting in httpx, so checks with
+``verify: false`` share a second client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from collections.abc import Callable
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import httpx
+
+from trafficflip.model import ProbeResult
+from trafficflip.settings import Check, DnsCheck, HttpCheck, TcpCheck, split_host_port
+
+# Bodies are matched on a bounded prefix: a health page is small, a misrouted one may not be.
+MAX_BODY = 64 * 1024
+USER_AGENT = "trafficflip-probe"
+
+
+class Prober:
+    """Runs checks. ``clock`` stamps results; latency uses the monotonic clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, max_connections: int = 1000) -> None:
+        self.clock = clock
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        headers = {"User-Agent": USER_AGENT}
+        self._clients = {
+            verify: httpx.AsyncClient(
+                verify=verify, limits=limits, headers=headers, follow_redirects=False
+            )
+            for verify in (True, False)
+        }
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+
+    async def probe(self, check: Check, timeout: float) -> ProbeResult:
+        """Run ``check`` once; the result says why it failed. Never raises."""
+        started = time.monotonic()
+        try:
+            reason = await asyncio.wait_for(self._run(check, timeout), timeout)
+        except TimeoutError:
+            reason = "timeout"
+        except Exception as exc:  # a probe must never take the scheduler down
+            reason = _describe_error(exc)
+        latency = time.monotonic() - started
+        if reason is None and isinstance(check, HttpCheck) and check.max_latency is not None:
+            if latency > check.max_latency:
+                reason = f"slow {latency * 1000:.0f}ms > {check.max_latency * 1000:.0f}ms"
+        return ProbeResult(reason is None, reason or "ok", latency, self.clock())
+
+    async def _run(self, check: Check, timeout: float) -> str | None:
+        if isinstance(check, HttpCheck):
+            return await self._http(check, timeout)
+        if isinstance(check, TcpCheck):
+            return await _tcp(check)
+        return await _dns(check, timeout)
+
+    async def _http(self, check: HttpCheck, timeout: float) -> str | None:
+        headers = dict(check.headers)
+        if check.host:
+            headers["Host"] = check.host
+        extensions = {"sni_hostname": check.sni} if check.sni else None
+        client = self._clients[check.verify]
+        async with client.stream(
+            check.method, check.url, headers=headers, timeout=timeout, extensions=extensions
+        ) as response:
+            if response.status_code not in check.expect_status:
+                return f"status {response.status_code}"
+            if check.body is None and check.body_regex is None:
+                return None
+            body = await _read_prefix(response)
+        if check.body is not None and check.body not in body:
+            return "body mismatch"
+        if check.body_regex is not None and not re.search(check.body_regex, body):
+            return "body mismatch"
+        return None
+
+
+async def _read_prefix(response: httpx.Response) -> str:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_BODY:
+            break
+    return b"".join(chunks)[:MAX_BODY].decode("utf-8", errors="replace")
+
+
+async def _tcp(check: TcpCheck) -> str | None:
+    host, port = split_host_port(check.address)
+    _, writer = await asyncio.open_connection(host, port)
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass  # the connect succeeded; a reset on close says nothing about health
+    return None
+
+
+async def _dns(check: DnsCheck, timeout: float) -> str | None:
+    host, port = split_host_port(check.server, default_port=53)
+    query = dns.message.make_query(check.name, check.rdtype)
+    send = dns.asyncquery.tcp if check.tcp else dns.asyncquery.udp
+    response = await send(query, host, port=port, timeout=timeout)
+    rcode = response.rcode()
+    if rcode != dns.rcode.NOERROR:
+        return f"dns {dns.rcode.to_text(rcode)}"
+    rdtype = dns.rdatatype.from_text(check.rdtype)
+    values = {
+        rdata.to_text().lower()
+        for rrset in response.answer
+        if rrset.rdtype == rdtype
+        for rdata in rrset
+    }
+    if not values:
+        return "no answer"
+    if check.expect and not {v.lower() for v in check.expect} <= values:
+        return "answer mismatch"
+    return None
+
+
+def _describe_error(exc: BaseException) -> str:
+    """A short, stable reason for a probe failure (counted by reason in metrics)."""
+    if isinstance(exc, httpx.TimeoutException | dns.exception.Timeout):
+        return "timeout"
+    cause = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        if isinstance(cause, ConnectionRefusedError | ssl.SSLError):
+            break
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    if isinstance(cause, ConnectionRefusedError) or "refused" in str(exc).lower():
+        return "connect refused"
+    if isinstance(cause, ssl.SSLError) or "certificate" in str(exc).lower():
+        return "tls error"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "protocol error"
+    if isinstance(exc, httpx.ConnectError | OSError):
+        return "connect error"
+    return f"error {type(exc).__name__}"
