@@ -169,7 +169,7 @@ def _wait_for_result(store: SqliteStateStore, command_id: int, wait: float) -> s
 def cmd_demo(args: argparse.Namespace) -> int:
     from trafficflip.demo import run_demo  # the demo pulls in moto, only a test dependency
 
-    return run_demo()
+    return int(run_demo())
 
 
 def parser() -> argparse.ArgumentParser:

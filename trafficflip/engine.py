@@ -103,6 +103,7 @@ class Engine:
         self._locks = {name: asyncio.Lock() for name in providers}
         self._retry_handles: dict[str, asyncio.TimerHandle] = {}
         self._last_confirm = 0.0
+        self._wakeups: dict[str, asyncio.TimerHandle] = {}
         for service in config.services:
             self._wire(service)
             self.states[service.name] = store.load(service.name) or ServiceState()
@@ -202,7 +203,39 @@ class Engine:
         )
         if decision.state != before or decision.events:
             self._commit(name, decision.state, decision.events)
+        self._wake_at(name, self._next_due(name))
         return decision.state.shares != before.shares
+
+    def _next_due(self, name: str) -> float | None:
+        """When time alone may change this service's decision: a ramp step or a stabilize
+        period ending. The 1 s tick would find it too, up to a second late."""
+        service = self.services[name].config
+        state = self.states[name]
+        if state.ramp is not None:
+            if state.applied_at is None:
+                return None  # the step's hold starts when it is applied
+            return max(state.ramp.since, state.applied_at) + service.failback.step_duration
+        returning = [
+            h.since + service.failback.stabilize
+            for site, h in self.site_health(name).items()
+            if site != GATES
+            and site not in state.members
+            and h.status is Status.UP
+            and h.since is not None
+        ]
+        return min(returning, default=None)
+
+    def _wake_at(self, name: str, due: float | None) -> None:
+        handle = self._wakeups.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+        if due is None or due <= self.clock():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # called outside the service (plan preview, tests): nothing to wake
+        self._wakeups[name] = loop.call_later(due - self.clock(), self.request, name)
 
     def _commit(self, name: str, state: ServiceState, events: Iterable[Event]) -> None:
         now = self.clock()
@@ -312,6 +345,7 @@ class Engine:
                 state = replace(state, applied_at=now)
                 self.states[service.name] = state
                 self.store.save(service.name, state, entries)
+                self._wake_at(service.name, self._next_due(service.name))
 
     def _provider_failed(
         self, provider_name: str, services: list[ServiceConfig], exc: Exception

@@ -32,5 +32,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter (botocore's request dumps at debug) would drown the events.
-    for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore", "apscheduler"):
+    for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore", "apscheduler", "werkzeug"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
