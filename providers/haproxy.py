@@ -1,0 +1,416 @@
+"""HAProxy: a service is a backend, each site's targets are servers in it.
+
+A site's share (0-100) becomes the weight of every one of its servers, written with
+``set server BACKEND/SERVER weight N`` over the runtime API of every configured instance and
+read back from ``show servers state BACKEND`` (the ``srv_uweight`` column). Weight 0 takes a
+server out of rotation for new requests while its established connections finish (a drain).
+trafficflip writes weights only: admin states (``drain``/``maint``) stay the operator's.
+
+HAProxy keeps runtime weights in memory only: a restarted instance is back at its configured
+weights, which ``read`` reports as drift, so the next reconcile writes the shares again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from trafficflip.durations import Duration
+from trafficflip.errors import PermanentProviderError, ProviderError, TransientProviderError
+from trafficflip.model import Answer
+from trafficflip.plan import Change, Plan
+from trafficflip.provider import Provider, Receipt
+from trafficflip.settings import ServiceConfig, split_host_port
+
+# HAProxy's own rule for proxy and server names; it also keeps ';' (the runtime API's command
+# separator), '/' (backend/server) and spaces out of the commands we build.
+HAPROXY_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+NO_BACKEND = "Can't find backend."
+# Backend -> server -> srv_uweight, or None when the instance has no such backend.
+BackendState = dict[str, dict[str, int] | None]
+
+
+class InstanceConfig(BaseModel):
+    """One HAProxy process: its stats socket (``level admin``) as a path or ``host:port``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    socket: str | None = None
+    address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> InstanceConfig:
+        if (self.socket is None) == (self.address is None):
+            raise ValueError("set socket (a unix socket path) or address (host:port), not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.socket or str(self.address)
+
+
+class HaproxyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["haproxy"]
+    socket: str | None = None
+    address: str | None = None
+    instances: list[InstanceConfig] = []
+    timeout: Duration = 2.0
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> HaproxyConfig:
+        single = self.socket is not None or self.address is not None
+        if self.instances and single:
+            raise ValueError("set either socket/address or instances, not both")
+        if not self.instances and not single:
+            raise ValueError(
+                "needs the runtime API: socket (a unix socket path), address (host:port) "
+                "or instances (a list of either)"
+            )
+        if not self.instances:
+            InstanceConfig(socket=self.socket, address=self.address)  # the same checks
+        return self
+
+    def endpoints(self) -> list[InstanceConfig]:
+        if self.instances:
+            return list(self.instances)
+        return [InstanceConfig(socket=self.socket, address=self.address)]
+
+
+class RuntimeApi:
+    """The runtime API of one HAProxy instance: one connection per batch of commands."""
+
+    def __init__(self, endpoint: InstanceConfig, timeout: float) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.label = endpoint.label
+
+    async def run(self, commands: Sequence[str]) -> list[str]:
+        """Send ``commands`` as one ``;``-separated line; return one response per command.
+
+        An empty response means success for a ``set`` command. Unreachable or silent
+        instances raise ``TransientProviderError`` (a restart makes the socket vanish briefly).
+        """
+        line = (";".join(commands) + "\n").encode()
+        try:
+            raw = await asyncio.wait_for(self._exchange(line), self.timeout)
+        except TimeoutError:
+            raise TransientProviderError(
+                f"haproxy {self.label}: no answer within {self.timeout:g}s", kind="unreachable"
+            ) from None
+        except OSError as exc:
+            raise TransientProviderError(
+                f"haproxy {self.label}: {exc.strerror or exc}", kind="unreachable"
+            ) from exc
+        responses = split_responses(raw.decode(errors="replace"))
+        if len(responses) != len(commands):
+            raise PermanentProviderError(
+                f"haproxy {self.label}: unexpected answer {raw[:200]!r}", kind="protocol"
+            )
+        return responses
+
+    async def _exchange(self, data: bytes) -> bytes:
+        if self.endpoint.socket is not None:
+            reader, writer = await asyncio.open_unix_connection(self.endpoint.socket)
+        else:
+            host, port = split_host_port(str(self.endpoint.address))
+            reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(data)
+            await writer.drain()
+            # Without "prompt" HAProxy answers every command and closes the connection.
+            return await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+def split_responses(text: str) -> list[str]:
+    """Split the runtime API's output: every response ends with an empty line."""
+    responses: list[str] = []
+    current: list[str] = []
+    for line in text.split("\n")[:-1]:
+        if line:
+            current.append(line)
+        else:
+            responses.append("\n".join(current))
+            current = []
+    if current:
+        responses.append("\n".join(current))
+    return responses
+
+
+def parse_servers_state(text: str) -> dict[str, int]:
+    """``show servers state`` -> server name -> user weight, columns found by their header."""
+    lines = text.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
+    if header is None:
+        raise ValueError(text.strip() or "empty answer")
+    columns = lines[header][2:].split()
+    name_at, weight_at = columns.index("srv_name"), columns.index("srv_uweight")
+    return {
+        fields[name_at]: int(fields[weight_at])
+        for fields in (line.split() for line in lines[header + 1 :])
+        if len(fields) > weight_at
+    }
+
+
+class HaproxyProvider(Provider):
+    """Server weights in one backend per service, on one or several HAProxy instances."""
+
+    TYPE = "haproxy"
+    KIND = "pool"
+    SUPPORTS_WEIGHTS = True
+    MAX_WEIGHT = 256  # `set server ... weight` refuses anything above
+    Config = HaproxyConfig
+
+    def __init__(
+        self, name: str, config: HaproxyConfig, apis: Sequence[RuntimeApi] | None = None
+    ) -> None:
+        super().__init__(name, config)
+        self.apis = list(apis or [RuntimeApi(e, config.timeout) for e in config.endpoints()])
+        # Instances that did not hold the last written weights (unreachable or restarted).
+        self.lagging_instances: tuple[str, ...] = ()
+        self._written: dict[tuple[str, str], int] = {}
+
+    @classmethod
+    def validate_service(cls, service: ServiceConfig, config: object) -> list[tuple[str, str]]:
+        """A backend is required, site targets are server names, each in one site only."""
+        problems: list[tuple[str, str]] = []
+        if service.backend is None:
+            problems.append(("backend", "required for a haproxy service (the backend's name)"))
+        elif not HAPROXY_NAME.match(service.backend):
+            problems.append(("backend", f"{service.backend!r} is not a HAProxy backend name"))
+        for field in ("listener_arn", "rule_arn"):
+            if getattr(service, field) is not None:
+                problems.append((field, "only for an elbv2 provider"))
+        owner: dict[str, str] = {}
+        for s_index, site in enumerate(service.sites):
+            for t_index, target in enumerate(site.targets):
+                path = f"sites[{s_index}].targets[{t_index}]"
+                if not HAPROXY_NAME.match(target):
+                    problems.append((path, f"{target!r} is not a HAProxy server name"))
+                elif target in owner:
+                    problems.append((path, f"server {target} is already in site {owner[target]}"))
+                owner.setdefault(target, site.name)
+        return problems
+
+    # -- read -------------------------------------------------------------------------------
+
+    async def read(self, services: Sequence[ServiceConfig]) -> Mapping[str, tuple[Answer, ...]]:
+        """One answer per configured site: the weight all its servers hold on every instance.
+
+        A site whose servers or instances disagree, or with an instance unreachable, is read
+        with weight ``None``, which no desired answer has: the plan rewrites it. Missing
+        backends or servers raise ``PermanentProviderError``; no reachable instance at all
+        raises ``TransientProviderError``. Sets ``lagging_instances``.
+        """
+        states, unreachable = await self._read_all(_backends(services))
+        for label, state in states.items():
+            problems = _missing(label, services, state)
+            if problems:
+                raise PermanentProviderError("; ".join(problems), kind="NoSuchServer")
+        complete = not unreachable
+        answers = {s.name: _answers(s, states, complete) for s in services}
+        self.lagging_instances = tuple(unreachable) + self._differing(services, states)
+        return answers
+
+    async def _read_all(
+        self, backends: list[str]
+    ) -> tuple[dict[str, BackendState], dict[str, str]]:
+        """Every instance's state, and the reason for each instance that did not answer."""
+        results = await asyncio.gather(
+            *(self._read_instance(api, backends) for api in self.apis), return_exceptions=True
+        )
+        states: dict[str, BackendState] = {}
+        unreachable: dict[str, str] = {}
+        for api, result in zip(self.apis, results, strict=True):
+            if isinstance(result, TransientProviderError):
+                unreachable[api.label] = str(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                states[api.label] = result
+        if not states:
+            reasons = "; ".join(unreachable.values())
+            raise TransientProviderError(
+                f"haproxy {self.name}: no instance reachable: {reasons}", kind="unreachable"
+            )
+        return states, unreachable
+
+    async def _read_instance(self, api: RuntimeApi, backends: list[str]) -> BackendState:
+        responses = await api.run([f"show servers state {b}" for b in backends])
+        state: BackendState = {}
+        for backend, response in zip(backends, responses, strict=True):
+            if response.strip() == NO_BACKEND:
+                state[backend] = None
+                continue
+            try:
+                state[backend] = parse_servers_state(response)
+            except ValueError as exc:
+                raise PermanentProviderError(
+                    f"haproxy {api.label}: show servers state {backend}: {exc}", kind="protocol"
+                ) from None
+        return state
+
+    def _differing(
+        self, services: Sequence[ServiceConfig], states: Mapping[str, BackendState]
+    ) -> tuple[str, ...]:
+        """Instances holding other weights than the ones last written (or than the majority)."""
+        lagging: list[str] = []
+        for backend, server in _servers(services):
+            held = {label: _weight(state, backend, server) for label, state in states.items()}
+            expected = self._written.get((backend, server))
+            if expected is None:
+                expected = Counter(held.values()).most_common(1)[0][0]
+            lagging.extend(label for label, weight in held.items() if weight != expected)
+        return tuple(dict.fromkeys(lagging))
+
+    # -- apply ------------------------------------------------------------------------------
+
+    async def _apply(self, plan: Plan) -> Receipt:
+        """Write every changed site's weight to all its servers on every reachable instance.
+
+        Idempotent (absolute weights). Raised weights are written before lowered ones so a
+        failover never passes through a moment with no server in rotation. An instance that
+        refuses a command raises ``PermanentProviderError``; an unreachable instance, after
+        the others were updated, raises ``TransientProviderError`` naming it.
+        """
+        writes = _writes(plan)
+        commands = [f"set server {be}/{srv} weight {w}" for be, srv, w in writes]
+        results = await asyncio.gather(
+            *(api.run(commands) for api in self.apis), return_exceptions=True
+        )
+        self._written.update({(be, srv): w for be, srv, w in writes})
+        refused, unreachable = self._outcomes(commands, results)
+        self.lagging_instances = tuple(unreachable)
+        if refused:
+            raise PermanentProviderError("; ".join(refused), kind="refused")
+        if unreachable:
+            updated = [api.label for api in self.apis if api.label not in unreachable]
+            lagging = "; ".join(f"{label} lags ({why})" for label, why in unreachable.items())
+            raise TransientProviderError(
+                f"haproxy {self.name}: {lagging}; updated {', '.join(updated) or 'nothing'}",
+                kind="lagging",
+            )
+        submitted = time.time()
+        ids = tuple(f"{s.backend}@{submitted:.3f}" for s in plan.services)
+        return Receipt(self.name, ids, submitted, in_sync=True)
+
+    def _outcomes(
+        self, commands: list[str], results: Sequence[list[str] | BaseException]
+    ) -> tuple[list[str], dict[str, str]]:
+        refused: list[str] = []
+        unreachable: dict[str, str] = {}
+        for api, result in zip(self.apis, results, strict=True):
+            if isinstance(result, TransientProviderError):
+                unreachable[api.label] = str(result).removeprefix(f"haproxy {api.label}: ")
+            elif isinstance(result, ProviderError):
+                refused.append(str(result))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                refused.extend(
+                    f"haproxy {api.label}: {command}: {response}"
+                    for command, response in zip(commands, result, strict=True)
+                    if response.strip()
+                )
+        return refused, unreachable
+
+    async def check_live(self, services: Sequence[ServiceConfig]) -> list[str]:
+        """Every instance answers and has each configured backend and server."""
+        key = f"providers.{self.name}"
+        backends = _backends(services)
+        results = await asyncio.gather(
+            *(self._read_instance(api, backends) for api in self.apis), return_exceptions=True
+        )
+        problems: list[str] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                problems.append(f"{key}: {result}")
+            else:
+                problems.extend(f"{key}: {p}" for p in _missing("", services, result))
+        return problems
+
+
+def _backends(services: Sequence[ServiceConfig]) -> list[str]:
+    return sorted({str(s.backend) for s in services})
+
+
+def _servers(services: Sequence[ServiceConfig]) -> list[tuple[str, str]]:
+    return [(str(s.backend), t) for s in services for site in s.sites for t in site.targets]
+
+
+def _weight(state: BackendState, backend: str, server: str) -> int | None:
+    servers = state.get(backend)
+    return None if servers is None else servers.get(server)
+
+
+def _missing(label: str, services: Sequence[ServiceConfig], state: BackendState) -> list[str]:
+    """Configured backends and servers an instance does not have."""
+    where = f"haproxy {label}: " if label else ""
+    problems: list[str] = []
+    for service in services:
+        backend = str(service.backend)
+        servers = state.get(backend)
+        if servers is None:
+            problems.append(f"{where}service {service.name}: no backend {backend!r}")
+            continue
+        absent = [t for site in service.sites for t in site.targets if t not in servers]
+        if absent:
+            have = ", ".join(sorted(servers)) or "none"
+            problems.append(
+                f"{where}service {service.name}: backend {backend} has no server "
+                f"{', '.join(absent)} (it has: {have})"
+            )
+    return problems
+
+
+def _answers(
+    service: ServiceConfig, states: Mapping[str, BackendState], complete: bool
+) -> tuple[Answer, ...]:
+    answers = []
+    for site in service.sites:
+        held = {_weight(s, str(service.backend), t) for s in states.values() for t in site.targets}
+        weight = held.pop() if complete and len(held) == 1 else None
+        answers.append(Answer(site.name, frozenset(site.targets), weight))
+    return tuple(answers)
+
+
+def _writes(plan: Plan) -> list[tuple[str, str, int]]:
+    """(backend, server, weight) for every server of every changed site, raises first."""
+    changes = sorted((c for c in plan.changes if c.after is not None), key=_lowers)
+    writes: list[tuple[str, str, int]] = []
+    for change in changes:
+        assert change.after is not None
+        weight = change.after.weight or 0
+        if not 0 <= weight <= HaproxyProvider.MAX_WEIGHT:
+            raise PermanentProviderError(
+                f"haproxy: weight {weight} for {change.service.name} {change.site} is outside "
+                f"0-{HaproxyProvider.MAX_WEIGHT}",
+                kind="InvalidWeight",
+            )
+        writes.extend(
+            (str(change.service.backend), t, weight) for t in sorted(change.after.targets)
+        )
+    return writes
+
+
+def _lowers(change: Change) -> bool:
+    before = change.before.weight if change.before is not None else None
+    after = change.after.weight if change.after is not None else None
+    return before is not None and (after or 0) < before
