@@ -88,14 +88,24 @@ class HttpSite:
 class Process:
     """A child process we started; stopped by its PID, never by name."""
 
-    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None,
-                 log: Path | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.args = list(args)
         self.log_path = log
-        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        self._out = open(log, "wb") if log else None  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.args, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-            cwd=cwd, start_new_session=True,
+            self.args,
+            env={**os.environ, **(env or {})},
+            stdout=self._out or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
         )
         self.pid = self.proc.pid
 
@@ -106,6 +116,7 @@ class Process:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal our child by PID and wait for it; SIGKILL if it does not go in time."""
         if self.proc.poll() is None:
             os.kill(self.pid, sig)
             try:
@@ -113,6 +124,9 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.kill(self.pid, signal.SIGKILL)
                 self.proc.wait(timeout=timeout)
+        if self._out is not None:
+            self._out.close()
+            self._out = None
         return int(self.proc.returncode)
 
 

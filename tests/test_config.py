@@ -16,18 +16,30 @@ from trafficflip.validation import load_config
 
 BASE: dict[str, Any] = {
     "providers": {"aws": {"type": "route53"}},
-    "services": [{
-        "name": "www", "provider": "aws", "zone": "example.com.", "record": "www.example.com.",
-        "type": "A", "ttl": 30,
-        "health": {"interval": "5s", "timeout": "2s", "fall": 3, "rise": 2},
-        "failback": {"stabilize": "2m", "steps": [10, 25, 50, 100], "step_duration": "1m"},
-        "sites": [
-            {"name": "primary", "targets": ["192.0.2.10"],
-             "checks": [{"type": "http", "url": "http://192.0.2.10/healthz", "body": "ok"}]},
-            {"name": "dr", "targets": ["198.51.100.20"],
-             "checks": [{"type": "tcp", "address": "198.51.100.20:443"}]},
-        ],
-    }],
+    "services": [
+        {
+            "name": "www",
+            "provider": "aws",
+            "zone": "example.com.",
+            "record": "www.example.com.",
+            "type": "A",
+            "ttl": 30,
+            "health": {"interval": "5s", "timeout": "2s", "fall": 3, "rise": 2},
+            "failback": {"stabilize": "2m", "steps": [10, 25, 50, 100], "step_duration": "1m"},
+            "sites": [
+                {
+                    "name": "primary",
+                    "targets": ["192.0.2.10"],
+                    "checks": [{"type": "http", "url": "http://192.0.2.10/healthz", "body": "ok"}],
+                },
+                {
+                    "name": "dr",
+                    "targets": ["198.51.100.20"],
+                    "checks": [{"type": "tcp", "address": "198.51.100.20:443"}],
+                },
+            ],
+        }
+    ],
 }
 
 
@@ -49,44 +61,98 @@ S = "services.0."
 CASES = [
     ("unknown key", mutate(S + "colour", "blue"), "services[0].colour: unknown key"),
     ("unknown nested key", mutate(S + "health.fal", 3), "services[0].health.fal: unknown key"),
-    ("missing provider key", mutate(S + "provider", ...),
-     "services[0].provider: required key is missing"),
-    ("unknown provider", mutate(S + "provider", "gcp"),
-     "services[0].provider: unknown provider 'gcp'"),
-    ("unknown provider type", mutate("providers.aws.type", "nope"),
-     "providers.aws.type: unknown provider type 'nope'"),
-    ("duplicate service", {**BASE, "services": BASE["services"] * 2},
-     "services[1].name: duplicate name 'www'"),
-    ("duplicate site", mutate(S + "sites.1.name", "primary"),
-     "services[0].sites[1].name: duplicate name 'primary'"),
-    ("record outside zone", mutate(S + "record", "www.example.org."),
-     "services[0].record: www.example.org. is not inside zone example.com."),
-    ("invalid A target", mutate(S + "sites.0.targets", ["2001:db8::1"]),
-     "services[0].sites[0].targets[0]: 2001:db8::1 is not an IPv4 address"),
-    ("invalid target", mutate(S + "sites.0.targets", ["not-an-ip"]),
-     "services[0].sites[0].targets[0]: 'not-an-ip' is not an IP address"),
-    ("invalid CNAME target", mutate(S + "type", "CNAME"),
-     "services[0].sites[0].targets[0]: '192.0.2.10' is not a fully qualified host name"),
-    ("steps not ascending", mutate(S + "failback.steps", [50, 25, 100]),
-     "services[0].failback.steps: must be strictly ascending"),
-    ("steps not ending at 100", mutate(S + "failback.steps", [10, 50]),
-     "services[0].failback.steps: must end at 100"),
+    (
+        "missing provider key",
+        mutate(S + "provider", ...),
+        "services[0].provider: required key is missing",
+    ),
+    (
+        "unknown provider",
+        mutate(S + "provider", "gcp"),
+        "services[0].provider: unknown provider 'gcp'",
+    ),
+    (
+        "unknown provider type",
+        mutate("providers.aws.type", "nope"),
+        "providers.aws.type: unknown provider type 'nope'",
+    ),
+    (
+        "duplicate service",
+        {**BASE, "services": BASE["services"] * 2},
+        "services[1].name: duplicate name 'www'",
+    ),
+    (
+        "duplicate site",
+        mutate(S + "sites.1.name", "primary"),
+        "services[0].sites[1].name: duplicate name 'primary'",
+    ),
+    (
+        "record outside zone",
+        mutate(S + "record", "www.example.org."),
+        "services[0].record: www.example.org. is not inside zone example.com.",
+    ),
+    (
+        "invalid A target",
+        mutate(S + "sites.0.targets", ["2001:db8::1"]),
+        "services[0].sites[0].targets[0]: 2001:db8::1 is not an IPv4 address",
+    ),
+    (
+        "invalid target",
+        mutate(S + "sites.0.targets", ["not-an-ip"]),
+        "services[0].sites[0].targets[0]: 'not-an-ip' is not an IP address",
+    ),
+    (
+        "invalid CNAME target",
+        mutate(S + "type", "CNAME"),
+        "services[0].sites[0].targets[0]: '192.0.2.10' is not a fully qualified host name",
+    ),
+    (
+        "steps not ascending",
+        mutate(S + "failback.steps", [50, 25, 100]),
+        "services[0].failback.steps: must be strictly ascending",
+    ),
+    (
+        "steps not ending at 100",
+        mutate(S + "failback.steps", [10, 50]),
+        "services[0].failback.steps: must end at 100",
+    ),
     ("fall below 1", mutate(S + "health.fall", 0), "services[0].health.fall: must be at least 1"),
     ("rise below 1", mutate(S + "health.rise", 0), "services[0].health.rise: must be at least 1"),
-    ("timeout not below interval", mutate(S + "health.timeout", "5s"),
-     "services[0].health: timeout (5.0s) must be below interval (5.0s)"),
-    ("interval below 100ms", mutate(S + "health.interval", "50ms"),
-     "services[0].health.interval: must be at least 100ms"),
-    ("malformed duration", mutate(S + "failback.stabilize", "2 minutes"),
-     "services[0].failback.stabilize: invalid duration '2 minutes'"),
-    ("malformed URL", mutate(S + "sites.0.checks.0.url", "ftp://x/healthz"),
-     "services[0].sites[0].checks[0].url: invalid URL 'ftp://x/healthz'"),
-    ("malformed address", mutate(S + "sites.1.checks.0.address", "198.51.100.20"),
-     "services[0].sites[1].checks[0].address: invalid address '198.51.100.20': a port is required"),
-    ("step shorter than ttl", mutate(S + "failback.step_duration", "10s"),
-     "services[0].failback.step_duration: 10s is shorter than the ttl (30s)"),
-    ("unknown check type", mutate(S + "sites.0.checks.0.type", "icmp"),
-     "services[0].sites[0].checks[0]: Input tag 'icmp' found using 'type' does not match"),
+    (
+        "timeout not below interval",
+        mutate(S + "health.timeout", "5s"),
+        "services[0].health: timeout (5.0s) must be below interval (5.0s)",
+    ),
+    (
+        "interval below 100ms",
+        mutate(S + "health.interval", "50ms"),
+        "services[0].health.interval: must be at least 100ms",
+    ),
+    (
+        "malformed duration",
+        mutate(S + "failback.stabilize", "2 minutes"),
+        "services[0].failback.stabilize: invalid duration '2 minutes'",
+    ),
+    (
+        "malformed URL",
+        mutate(S + "sites.0.checks.0.url", "ftp://x/healthz"),
+        "services[0].sites[0].checks[0].url: invalid URL 'ftp://x/healthz'",
+    ),
+    (
+        "malformed address",
+        mutate(S + "sites.1.checks.0.address", "198.51.100.20"),
+        "services[0].sites[1].checks[0].address: invalid address '198.51.100.20': a port is required",
+    ),
+    (
+        "step shorter than ttl",
+        mutate(S + "failback.step_duration", "10s"),
+        "services[0].failback.step_duration: 10s is shorter than the ttl (30s)",
+    ),
+    (
+        "unknown check type",
+        mutate(S + "sites.0.checks.0.type", "icmp"),
+        "services[0].sites[0].checks[0]: Input tag 'icmp' found using 'type' does not match",
+    ),
 ]
 
 
@@ -99,20 +165,31 @@ def cname_active_active() -> dict[str, Any]:
     return data
 
 
-CASES.append(("CNAME with two serving sites", cname_active_active(),
-              "services[0].mode: a CNAME cannot have more than one serving site at once"))
+CASES.append(
+    (
+        "CNAME with two serving sites",
+        cname_active_active(),
+        "services[0].mode: a CNAME cannot have more than one serving site at once",
+    )
+)
 
 
 def run_check_config(tmp_path: Path, data: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "trafficflip.yaml"
     path.write_text(yaml.safe_dump(data))
-    return subprocess.run(trafficflip_command("check-config", "--config", str(path)),
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        trafficflip_command("check-config", "--config", str(path)),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize(("name", "data", "message"), CASES, ids=[c[0] for c in CASES])
-def test_rule_exits_2_with_key_path(tmp_path: Path, name: str, data: dict[str, Any],
-                                    message: str) -> None:
+def test_rule_exits_2_with_key_path(
+    tmp_path: Path, name: str, data: dict[str, Any], message: str
+) -> None:
     result = run_check_config(tmp_path, data)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
@@ -141,21 +218,36 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_run_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(mutate(S + "health.rise", 0)))
-    result = subprocess.run(trafficflip_command("run", "--config", str(path)),
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        trafficflip_command("run", "--config", str(path)),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "services[0].health.rise: must be at least 1" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
-    result = subprocess.run(trafficflip_command("check-config", "--config", "/nonexistent.yaml"),
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        trafficflip_command("check-config", "--config", "/nonexistent.yaml"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 2 and "cannot read /nonexistent.yaml" in result.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("services: [\n")
-    result = subprocess.run(trafficflip_command("check-config", "--config", str(bad)),
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        trafficflip_command("check-config", "--config", str(bad)),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 2 and "invalid YAML" in result.stderr
 
 
@@ -174,7 +266,13 @@ def test_durations() -> None:
     from trafficflip.durations import parse_duration
 
     assert [parse_duration(v) for v in ("250ms", "5s", "2m", "1h", 3, "1.5")] == [
-        0.25, 5.0, 120.0, 3600.0, 3.0, 1.5]
+        0.25,
+        5.0,
+        120.0,
+        3600.0,
+        3.0,
+        1.5,
+    ]
     for bad in ("5x", "", "-1s", True):
         with pytest.raises(ValueError):
             parse_duration(bad)

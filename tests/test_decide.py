@@ -17,14 +17,24 @@ UP, DOWN, UNKNOWN = Status.UP, Status.DOWN, Status.UNKNOWN
 
 def service(**overrides: Any) -> ServiceConfig:
     data: dict[str, Any] = {
-        "name": "www", "provider": "aws", "zone": "example.com.", "record": "www.example.com.",
-        "type": "A", "ttl": 30,
+        "name": "www",
+        "provider": "aws",
+        "zone": "example.com.",
+        "record": "www.example.com.",
+        "type": "A",
+        "ttl": 30,
         "failback": {"stabilize": 120, "steps": [10, 50, 100], "step_duration": 60},
         "sites": [
-            {"name": "primary", "targets": ["192.0.2.10"],
-             "checks": [{"type": "tcp", "address": "127.0.0.1:1"}]},
-            {"name": "dr", "targets": ["198.51.100.20"],
-             "checks": [{"type": "tcp", "address": "127.0.0.1:2"}]},
+            {
+                "name": "primary",
+                "targets": ["192.0.2.10"],
+                "checks": [{"type": "tcp", "address": "127.0.0.1:1"}],
+            },
+            {
+                "name": "dr",
+                "targets": ["198.51.100.20"],
+                "checks": [{"type": "tcp", "address": "127.0.0.1:2"}],
+            },
         ],
     }
     for key, value in overrides.items():
@@ -37,8 +47,12 @@ def service(**overrides: Any) -> ServiceConfig:
 
 def three_sites(**overrides: Any) -> ServiceConfig:
     sites = [
-        {"name": name, "targets": [f"192.0.2.{i}"], "weight": weight,
-         "checks": [{"type": "tcp", "address": f"127.0.0.1:{i}"}]}
+        {
+            "name": name,
+            "targets": [f"192.0.2.{i}"],
+            "weight": weight,
+            "checks": [{"type": "tcp", "address": f"127.0.0.1:{i}"}],
+        }
         for i, (name, weight) in enumerate([("a", 1), ("b", 1), ("c", 2)], start=1)
     ]
     return service(sites=sites, **overrides)
@@ -56,10 +70,13 @@ class World:
     def set(self, now: float, **statuses: Status) -> None:
         for site, status in statuses.items():
             if self.health[site].status is not status:
-                self.health[site] = SiteHealth(status, now, "status 503 x3" if status is DOWN else "")
+                self.health[site] = SiteHealth(
+                    status, now, "status 503 x3" if status is DOWN else ""
+                )
 
-    def step(self, now: float, *, gates: Status = UP, started: bool = True,
-             applied: bool = True) -> dict[str, int] | None:
+    def step(
+        self, now: float, *, gates: Status = UP, started: bool = True, applied: bool = True
+    ) -> dict[str, int] | None:
         decision = decide(self.service, self.state, self.health, gates, now, started=started)
         self.events += [e.kind for e in decision.events]
         self.state = decision.state
@@ -105,31 +122,53 @@ def test_unknown_serving_site_is_not_failed_away_from() -> None:
     [
         (
             "failover at once, failback after stabilize along the steps",
-            [(0, {}, P100), (10, {"primary": DOWN}, DR100), (20, {"primary": UP}, DR100),
-             (139, {}, DR100), (140, {}, {"primary": 10, "dr": 90}),
-             (199, {}, {"primary": 10, "dr": 90}), (200, {}, {"primary": 50, "dr": 50}),
-             (260, {}, P100)],
+            [
+                (0, {}, P100),
+                (10, {"primary": DOWN}, DR100),
+                (20, {"primary": UP}, DR100),
+                (139, {}, DR100),
+                (140, {}, {"primary": 10, "dr": 90}),
+                (199, {}, {"primary": 10, "dr": 90}),
+                (200, {}, {"primary": 50, "dr": 50}),
+                (260, {}, P100),
+            ],
             ["initial", "failover", "failback_started", "ramp_step", "failback_completed"],
         ),
         (
             "abort during the ramp goes straight back, and stabilize starts over",
-            [(0, {}, P100), (10, {"primary": DOWN}, DR100), (20, {"primary": UP}, DR100),
-             (140, {}, {"primary": 10, "dr": 90}), (150, {"primary": DOWN}, DR100),
-             (160, {"primary": UP}, DR100), (279, {}, DR100),
-             (280, {}, {"primary": 10, "dr": 90})],
+            [
+                (0, {}, P100),
+                (10, {"primary": DOWN}, DR100),
+                (20, {"primary": UP}, DR100),
+                (140, {}, {"primary": 10, "dr": 90}),
+                (150, {"primary": DOWN}, DR100),
+                (160, {"primary": UP}, DR100),
+                (279, {}, DR100),
+                (280, {}, {"primary": 10, "dr": 90}),
+            ],
             ["initial", "failover", "failback_started", "failback_aborted", "failback_started"],
         ),
         (
             "a flapping primary never gets traffic back",
-            [(0, {}, P100), (10, {"primary": DOWN}, DR100), (20, {"primary": UP}, DR100),
-             (100, {"primary": DOWN}, DR100), (110, {"primary": UP}, DR100),
-             (200, {"primary": DOWN}, DR100)],
+            [
+                (0, {}, P100),
+                (10, {"primary": DOWN}, DR100),
+                (20, {"primary": UP}, DR100),
+                (100, {"primary": DOWN}, DR100),
+                (110, {"primary": UP}, DR100),
+                (200, {"primary": DOWN}, DR100),
+            ],
             ["initial", "failover"],
         ),
         (
             "the standby failing during the ramp sends everything to the primary",
-            [(0, {}, P100), (10, {"primary": DOWN}, DR100), (20, {"primary": UP}, DR100),
-             (140, {}, {"primary": 10, "dr": 90}), (150, {"dr": DOWN}, P100)],
+            [
+                (0, {}, P100),
+                (10, {"primary": DOWN}, DR100),
+                (20, {"primary": UP}, DR100),
+                (140, {}, {"primary": 10, "dr": 90}),
+                (150, {"dr": DOWN}, P100),
+            ],
             ["initial", "failover", "failback_started", "failover"],
         ),
     ],
@@ -193,23 +232,36 @@ def test_all_down_from_the_start_decides_nothing() -> None:
 
 def test_active_active_redistributes_and_ramps_a_returning_site() -> None:
     world = World(three_sites(mode="active-active"))
-    world.run([
-        (0, {}, {"a": 25, "b": 25, "c": 50}),
-        (10, {"c": DOWN}, {"a": 50, "b": 50, "c": 0}),
-        (20, {"c": UP}, {"a": 50, "b": 50, "c": 0}),
-        # c returns at 10 % of its normal share (50 %): 5 %.
-        (140, {}, {"a": 48, "b": 47, "c": 5}),
-        (200, {}, {"a": 38, "b": 37, "c": 25}),
-        (260, {}, {"a": 25, "b": 25, "c": 50}),
-    ])
-    assert world.events == ["initial", "site_out", "failback_started", "ramp_step",
-                            "failback_completed"]
+    world.run(
+        [
+            (0, {}, {"a": 25, "b": 25, "c": 50}),
+            (10, {"c": DOWN}, {"a": 50, "b": 50, "c": 0}),
+            (20, {"c": UP}, {"a": 50, "b": 50, "c": 0}),
+            # c returns at 10 % of its normal share (50 %): 5 %.
+            (140, {}, {"a": 48, "b": 47, "c": 5}),
+            (200, {}, {"a": 38, "b": 37, "c": 25}),
+            (260, {}, {"a": 25, "b": 25, "c": 50}),
+        ]
+    )
+    assert world.events == [
+        "initial",
+        "site_out",
+        "failback_started",
+        "ramp_step",
+        "failback_completed",
+    ]
 
 
 def test_active_active_other_site_lost_during_ramp() -> None:
     world = World(three_sites(mode="active-active"))
-    world.run([(0, {}, {"a": 25, "b": 25, "c": 50}), (10, {"c": DOWN}, {"a": 50, "b": 50, "c": 0}),
-               (20, {"c": UP}, {"a": 50, "b": 50, "c": 0}), (140, {}, {"a": 48, "b": 47, "c": 5})])
+    world.run(
+        [
+            (0, {}, {"a": 25, "b": 25, "c": 50}),
+            (10, {"c": DOWN}, {"a": 50, "b": 50, "c": 0}),
+            (20, {"c": UP}, {"a": 50, "b": 50, "c": 0}),
+            (140, {}, {"a": 48, "b": 47, "c": 5}),
+        ]
+    )
     world.set(150, a=DOWN)
     # c keeps 10 % of its normal share, which is now two thirds: 7 %.
     assert world.step(150) == {"a": 0, "b": 93, "c": 7}
@@ -267,8 +319,15 @@ def test_hold_freezes_every_automatic_change() -> None:
 def test_resumes_a_ramp_after_restart_without_repeating_or_jumping() -> None:
     svc = service()
     world = World(svc)
-    world.run([(0, {}, P100), (10, {"primary": DOWN}, DR100), (20, {"primary": UP}, DR100),
-               (140, {}, {"primary": 10, "dr": 90}), (200, {}, {"primary": 50, "dr": 50})])
+    world.run(
+        [
+            (0, {}, P100),
+            (10, {"primary": DOWN}, DR100),
+            (20, {"primary": UP}, DR100),
+            (140, {}, {"primary": 10, "dr": 90}),
+            (200, {}, {"primary": 50, "dr": 50}),
+        ]
+    )
     stored = world.state
     # A new process: fresh health (primary up since its first probes), the stored state.
     restarted = World(svc, stored)
@@ -282,5 +341,11 @@ def test_resumes_a_ramp_after_restart_without_repeating_or_jumping() -> None:
 
 def test_single_step_failback_is_a_switch() -> None:
     world = World(service(failback={"steps": [100]}))
-    world.run([(0, {}, P100), (10, {"primary": DOWN}, DR100), (20, {"primary": UP}, DR100),
-               (140, {}, P100)])
+    world.run(
+        [
+            (0, {}, P100),
+            (10, {"primary": DOWN}, DR100),
+            (20, {"primary": UP}, DR100),
+            (140, {}, P100),
+        ]
+    )

@@ -1,0 +1,203 @@
+"""End to end: ``trafficflip run`` as a subprocess, moto's Route53 server, real loopback sites."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from tests.support import ROOT, HttpSite, MotoServer, Process, trafficflip_command, wait_until
+
+INTERVAL, FALL, RISE = 0.2, 2, 2
+
+
+class Deployment:
+    """Two sites, a hosted zone, a config file and the running service."""
+
+    def __init__(
+        self, tmp_path: Path, moto: MotoServer, steps: list[int], step_duration: str = "1s"
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.env = moto.env()
+        self.route53 = boto3.client(
+            "route53",
+            endpoint_url=moto.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference="e2e")
+        self.zone_id = zone["HostedZone"]["Id"]
+        self.primary, self.dr = HttpSite().start(), HttpSite().start()
+        self.config = tmp_path / "trafficflip.yaml"
+        self.config.write_text(yaml.safe_dump(self._config(steps, step_duration)))
+        self.process: Process | None = None
+        self.runs = 0
+
+    def _config(self, steps: list[int], step_duration: str) -> dict[str, Any]:
+        return {
+            "state": f"sqlite:///{self.tmp_path / 'state.db'}",
+            "reconcile_interval": "2s",
+            "log_level": "debug",
+            "providers": {"aws": {"type": "route53"}},
+            "services": [
+                {
+                    "name": "www",
+                    "provider": "aws",
+                    "zone": "example.com.",
+                    "record": "www.example.com.",
+                    "type": "A",
+                    "ttl": 1,
+                    "health": {"interval": INTERVAL, "timeout": 0.15, "fall": FALL, "rise": RISE},
+                    "failback": {"stabilize": "1s", "steps": steps, "step_duration": step_duration},
+                    "sites": [
+                        {
+                            "name": "primary",
+                            "targets": ["192.0.2.10"],
+                            "checks": [{"type": "http", "url": self.primary.url, "body": "ok"}],
+                        },
+                        {
+                            "name": "dr",
+                            "targets": ["198.51.100.20"],
+                            "checks": [{"type": "http", "url": self.dr.url}],
+                        },
+                    ],
+                }
+            ],
+        }
+
+    def start(self) -> None:
+        self.runs += 1
+        self.process = Process(
+            trafficflip_command("run", "--config", str(self.config)),
+            env=self.env,
+            log=self.tmp_path / f"run{self.runs}.log",
+            cwd=ROOT,
+        )
+
+    def weights(self) -> dict[str, int]:
+        sets = self.route53.list_resource_record_sets(HostedZoneId=self.zone_id)
+        return {
+            r["SetIdentifier"]: r["Weight"]
+            for r in sets["ResourceRecordSets"]
+            if r["Name"] == "www.example.com." and "SetIdentifier" in r
+        }
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            trafficflip_command(*args, "--config", str(self.config)),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env={**os.environ, **self.env},
+        )
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        self.primary.stop()
+        self.dr.stop()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, moto_server: MotoServer) -> Iterator[Deployment]:
+    deployment = Deployment(tmp_path, moto_server, steps=[25, 50, 100])
+    yield deployment
+    deployment.close()
+
+
+PRIMARY = {"primary": 100, "dr": 0}
+STANDBY = {"primary": 0, "dr": 100}
+
+
+def record_until(
+    deployment: Deployment, want: dict[str, int], timeout: float
+) -> list[dict[str, int]]:
+    """Every distinct weight state seen until ``want``."""
+    seen: list[dict[str, int]] = []
+
+    def reached() -> bool:
+        weights = deployment.weights()
+        if not seen or seen[-1] != weights:
+            seen.append(weights)
+        return weights == want
+
+    wait_until(reached, timeout=timeout, what=f"weights {want}, saw {seen}")
+    return seen
+
+
+def test_failover_and_gradual_failback(deployment: Deployment) -> None:
+    deployment.start()
+    wait_until(lambda: deployment.weights() == PRIMARY, timeout=20, what="initial weights")
+    deployment.primary.stop()
+    # The deadline is the acceptance bound: fall x interval plus one second.
+    wait_until(
+        lambda: deployment.weights() == STANDBY,
+        timeout=FALL * INTERVAL + 1.0,
+        what="failover to dr",
+    )
+    deployment.primary.start()
+    seen = record_until(deployment, PRIMARY, timeout=20)
+    intermediate = [w for w in seen if 0 < w["primary"] < 100]
+    assert intermediate, seen
+    assert [w["primary"] for w in intermediate] == sorted(w["primary"] for w in intermediate)
+    assert all(w != STANDBY for w in seen[seen.index(intermediate[0]) :])
+    assert deployment.process is not None
+    assert deployment.process.stop() == 0  # SIGTERM stops cleanly
+    status = deployment.cli("status", "--journal", "20")
+    for event in ("www failover: primary down", "failback_started", "failback_completed"):
+        assert event in status.stdout, status.stdout
+    log = deployment.process.output()
+    assert "failover www: primary down (connect refused x2) -> dr" in log
+
+
+def test_sigkill_mid_ramp_resumes_at_the_same_step(tmp_path: Path, moto_server: MotoServer) -> None:
+    deployment = Deployment(tmp_path, moto_server, steps=[25, 50, 75, 100], step_duration="3s")
+    try:
+        deployment.start()
+        wait_until(lambda: deployment.weights() == PRIMARY, timeout=20, what="initial weights")
+        deployment.primary.stop()
+        wait_until(lambda: deployment.weights() == STANDBY, timeout=5, what="failover")
+        deployment.primary.start()
+        wait_until(lambda: deployment.weights().get("primary") == 25, timeout=10, what="step 1")
+        assert deployment.process is not None
+        deployment.process.stop(signal.SIGKILL)
+        deployment.start()
+        seen = record_until(deployment, PRIMARY, timeout=30)
+        # Never a repeated failover, never a jump: every state seen is a step of the ramp.
+        assert [w["primary"] for w in seen] == [25, 50, 75, 100], seen
+        journal = deployment.cli("status", "--json", "--journal", "50").stdout
+        assert journal.count('"kind": "failover"') == 1
+    finally:
+        deployment.close()
+
+
+def test_operator_failover_and_failback_through_the_state_store(deployment: Deployment) -> None:
+    deployment.start()
+    wait_until(lambda: deployment.weights() == PRIMARY, timeout=20, what="initial weights")
+    result = deployment.cli("failover", "www", "--to", "dr", "--reason", "maintenance")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr
+    seen = record_until(deployment, STANDBY, timeout=15)
+    assert any(0 < w["dr"] < 100 for w in seen), seen  # moved along the steps
+    assert deployment.cli("status").stdout.count("pinned to dr") == 1
+    result = deployment.cli("failback", "www")
+    assert result.returncode == 0, result.stderr
+    record_until(deployment, PRIMARY, timeout=20)
+    status = deployment.cli("status", "--journal", "30").stdout
+    assert "failover to dr requested (maintenance) by cli" in status
+
+
+def test_plan_shows_changes_without_applying(deployment: Deployment) -> None:
+    result = deployment.cli("plan")
+    assert result.returncode == 0, result.stderr
+    assert "+ www primary: 192.0.2.10 weight 100 ttl 1" in result.stdout
+    assert "Creates=2, Updates=0, Deletes=0" in result.stdout
+    assert deployment.weights() == {}

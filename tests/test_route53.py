@@ -1,0 +1,223 @@
+"""The Route53 adapter against moto in server mode (the HTTP API, through AWS_ENDPOINT_URL)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import boto3
+import pytest
+
+from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.model import Answer
+from trafficflip.plan import diff, make_plan, render
+from trafficflip.providers.route53 import Route53Config, Route53Provider, _batches
+from trafficflip.settings import ServiceConfig
+
+pytestmark = pytest.mark.usefixtures("aws_env")
+
+
+def service(name: str = "www", record: str | None = None, rtype: str = "A") -> ServiceConfig:
+    targets = (
+        (["192.0.2.10"], ["198.51.100.20"])
+        if rtype == "A"
+        else (["a.example.net."], ["b.example.net."])
+    )
+    return ServiceConfig(
+        name=name,
+        provider="aws",
+        zone="example.com.",
+        record=record or f"{name}.example.com.",
+        type=rtype,
+        ttl=30,  # type: ignore[arg-type]
+        sites=[
+            {
+                "name": "primary",
+                "targets": targets[0],  # type: ignore[list-item]
+                "checks": [{"type": "tcp", "address": "127.0.0.1:1"}],
+            },
+            {
+                "name": "dr",
+                "targets": targets[1],  # type: ignore[list-item]
+                "checks": [{"type": "tcp", "address": "127.0.0.1:2"}],
+            },
+        ],
+    )
+
+
+@pytest.fixture
+def zone_id() -> str:
+    zone = boto3.client("route53").create_hosted_zone(
+        Name="example.com.", CallerReference=str(time.time())
+    )
+    return str(zone["HostedZone"]["Id"]).removeprefix("/hostedzone/")
+
+
+@pytest.fixture
+def provider(zone_id: str) -> Route53Provider:
+    return Route53Provider.create("aws", Route53Config(type="route53"))  # type: ignore[return-value]
+
+
+async def converge(provider: Route53Provider, svc: ServiceConfig, shares: dict[str, int]) -> Any:
+    actual = (await provider.read([svc]))[svc.name]
+    plan = make_plan(diff(svc, render(svc, shares, weighted=True), actual))
+    return plan, await provider.apply(plan)
+
+
+def record_sets(zone_id: str, name: str = "www.example.com.") -> dict[str | None, Any]:
+    sets = boto3.client("route53").list_resource_record_sets(HostedZoneId=zone_id)
+    return {r.get("SetIdentifier"): r for r in sets["ResourceRecordSets"] if r["Name"] == name}
+
+
+async def test_weighted_records_round_trip(provider: Route53Provider, zone_id: str) -> None:
+    svc = service()
+    plan, receipt = await converge(provider, svc, {"primary": 100, "dr": 0})
+    assert plan.summary == "Creates=2, Updates=0, Deletes=0"
+    held = record_sets(zone_id)
+    assert held["primary"]["Weight"] == 100 and held["dr"]["Weight"] == 0
+    assert held["primary"]["ResourceRecords"] == [{"Value": "192.0.2.10"}]
+    assert held["primary"]["TTL"] == 30
+    assert receipt.change_ids and receipt.change_ids[0]
+    assert await provider.confirm(receipt)
+    plan, _ = await converge(provider, svc, {"primary": 25, "dr": 75})
+    assert plan.summary == "Creates=0, Updates=2, Deletes=0"
+    assert record_sets(zone_id)["dr"]["Weight"] == 75
+    plan, receipt = await converge(provider, svc, {"primary": 25, "dr": 75})
+    assert not plan and receipt is None
+
+
+async def test_takes_over_a_plain_record_in_one_batch(
+    provider: Route53Provider, zone_id: str
+) -> None:
+    boto3.client("route53").change_resource_record_sets(
+        HostedZoneId=zone_id,
+        ChangeBatch={
+            "Changes": [
+                {
+                    "Action": "CREATE",
+                    "ResourceRecordSet": {
+                        "Name": "www.example.com.",
+                        "Type": "A",
+                        "TTL": 300,
+                        "ResourceRecords": [{"Value": "203.0.113.5"}],
+                    },
+                }
+            ]
+        },
+    )
+    svc = service()
+    plan, _ = await converge(provider, svc, {"primary": 100, "dr": 0})
+    assert plan.summary == "Creates=2, Updates=0, Deletes=1"
+    assert plan.changes[0].action == "delete"  # first in the batch
+    held = record_sets(zone_id)
+    assert set(held) == {"primary", "dr"}
+
+
+async def test_only_configured_names_are_touched(provider: Route53Provider, zone_id: str) -> None:
+    client = boto3.client("route53")
+    client.change_resource_record_sets(
+        HostedZoneId=zone_id,
+        ChangeBatch={
+            "Changes": [
+                {
+                    "Action": "CREATE",
+                    "ResourceRecordSet": {
+                        "Name": "api.example.com.",
+                        "Type": "A",
+                        "TTL": 60,
+                        "ResourceRecords": [{"Value": "203.0.113.9"}],
+                    },
+                }
+            ]
+        },
+    )
+    await converge(provider, service(), {"primary": 100, "dr": 0})
+    assert record_sets(zone_id, "api.example.com.")[None]["ResourceRecords"] == [
+        {"Value": "203.0.113.9"}
+    ]
+
+
+async def test_many_services_in_one_zone_read_and_change_together(
+    provider: Route53Provider, zone_id: str
+) -> None:
+    services = [service(f"s{i}") for i in range(5)]
+    actual = await provider.read(services)
+    changes = [
+        c
+        for s in services
+        for c in diff(s, render(s, {"primary": 0, "dr": 100}, weighted=True), actual[s.name])
+    ]
+    receipt = await provider.apply(make_plan(changes))
+    assert receipt is not None and len(receipt.change_ids) == 1  # one call for the zone
+    again = await provider.read(services)
+    assert again["s3"] == (
+        Answer("dr", frozenset({"198.51.100.20"}), 100, 30),
+        Answer("primary", frozenset({"192.0.2.10"}), 0, 30),
+    ) or set(again["s3"]) == {
+        Answer("dr", frozenset({"198.51.100.20"}), 100, 30),
+        Answer("primary", frozenset({"192.0.2.10"}), 0, 30),
+    }
+
+
+async def test_cname_records(provider: Route53Provider, zone_id: str) -> None:
+    svc = service("app", rtype="CNAME")
+    await converge(provider, svc, {"primary": 0, "dr": 100})
+    held = record_sets(zone_id, "app.example.com.")
+    assert held["dr"]["ResourceRecords"] == [{"Value": "b.example.net."}]
+    plan, _ = await converge(provider, svc, {"primary": 0, "dr": 100})
+    assert not plan  # values compare equal after Route53's normalisation
+
+
+async def test_missing_zone_is_a_permanent_error() -> None:
+    provider = Route53Provider.create("aws", Route53Config(type="route53"))
+    with pytest.raises(PermanentProviderError, match="no hosted zone named example.com."):
+        await provider.read([service()])
+
+
+async def test_rejected_batch_fails_loudly_with_route53s_message(
+    provider: Route53Provider, zone_id: str
+) -> None:
+    svc = service()
+    await converge(provider, svc, {"primary": 100, "dr": 0})
+    # DELETE of a record set that does not match what Route53 holds is rejected.
+    bogus = Answer(None, frozenset({"203.0.113.1"}), None, 5)
+    provider._raw[("www", None)] = {
+        "Name": "www.example.com.",
+        "Type": "A",
+        "TTL": 5,
+        "ResourceRecords": [{"Value": "203.0.113.1"}],
+    }
+    plan = make_plan(
+        diff(
+            svc,
+            render(svc, {"primary": 100, "dr": 0}, weighted=True),
+            [*(await provider.read([svc]))["www"], bogus],
+        )
+    )
+    with pytest.raises(PermanentProviderError) as raised:
+        await provider.apply(plan)
+    # moto answers InvalidInput where Route53 answers InvalidChangeBatch; both are refusals.
+    assert raised.value.kind in ("InvalidChangeBatch", "InvalidInput")
+    assert str(raised.value).startswith("route53 ChangeResourceRecordSets: ")
+
+
+async def test_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    provider = Route53Provider.create("aws", Route53Config(type="route53", timeout=1.0))
+    with pytest.raises(TransientProviderError):
+        await provider.read([service()])
+
+
+def test_batches_split_at_route53_limits_and_keep_a_name_together() -> None:
+    def upsert(name: str, value: str = "192.0.2.1") -> dict[str, Any]:
+        return {
+            "Action": "UPSERT",
+            "ResourceRecordSet": {"Name": name, "ResourceRecords": [{"Value": value}]},
+        }
+
+    changes = [upsert(f"n{i // 2}.example.com.") for i in range(2500)]
+    batches = _batches(changes)
+    assert [len(b) for b in batches] == [1000, 1000, 500]
+    big = [upsert(f"b{i}.example.com.", "x" * 1000) for i in range(40)]
+    assert all(sum(2 * 1000 for _ in b) <= 32000 for b in _batches(big))
+    assert len(_batches(big)) == 3
