@@ -141,7 +141,8 @@ CASES = [
     (
         "malformed address",
         mutate(S + "sites.1.checks.0.address", "198.51.100.20"),
-        "services[0].sites[1].checks[0].address: invalid address '198.51.100.20': a port is required",
+        "services[0].sites[1].checks[0].address: invalid address '198.51.100.20': a port is "
+        "required",
     ),
     (
         "step shorter than ttl",

@@ -1,4 +1,4 @@
-"""The decision core, in virtual time: a scenario is a list of (time, site health, expected shares)."""
+"""The decision core in virtual time: each scenario is (time, site health, expected shares)."""
 
 from __future__ import annotations
 
