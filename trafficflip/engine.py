@@ -29,7 +29,7 @@ from trafficflip.model import (
     SiteHealth,
     Status,
 )
-from trafficflip.plan import Change, Plan, diff, make_plan, render
+from trafficflip.plan import Plan, plan_services, render
 from trafficflip.provider import Provider, Receipt
 from trafficflip.retry import backoff_delay
 from trafficflip.settings import Check, HealthConfig, ServiceConfig
@@ -293,10 +293,8 @@ class Engine:
         status = self.provider_status[provider_name]
         try:
             actual = await provider.read(services)
-            plan = make_plan(
-                change
-                for service in services
-                for change in self._changes(provider, service, actual.get(service.name, ()))
+            plan = plan_services(
+                (s, self._desired(provider, s), actual.get(s.name, ())) for s in services
             )
             if not apply:
                 return plan
@@ -309,12 +307,9 @@ class Engine:
         self._applied(provider_name, services, plan, receipt)
         return plan
 
-    def _changes(
-        self, provider: Provider, service: ServiceConfig, actual: Iterable[Answer]
-    ) -> tuple[Change, ...]:
+    def _desired(self, provider: Provider, service: ServiceConfig) -> tuple[Answer, ...]:
         shares = self.states[service.name].shares or {}
-        desired = render(service, shares, weighted=provider.SUPPORTS_WEIGHTS)
-        return diff(service, desired, actual)
+        return render(service, shares, weighted=provider.SUPPORTS_WEIGHTS)
 
     def _applied(
         self, provider_name: str, services: list[ServiceConfig], plan: Plan, receipt: Receipt | None

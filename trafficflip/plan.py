@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from trafficflip.errors import UnsafePlanError
@@ -49,9 +49,11 @@ def _describe(answer: Answer | None) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """The changes one provider must make, sorted by service and site."""
+    """The changes one provider must make, sorted by service and site, with the complete
+    answer set each service must hold afterwards (checked for safety before applying)."""
 
     changes: tuple[Change, ...] = ()
+    desired: Mapping[str, tuple[Answer, ...]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -138,6 +140,18 @@ def diff(
     return tuple(changes)
 
 
-def make_plan(changes: Iterable[Change]) -> Plan:
+def plan_services(
+    items: Iterable[tuple[ServiceConfig, tuple[Answer, ...], Iterable[Answer]]],
+) -> Plan:
+    """The plan for (service, desired answers, actual answers) triples."""
+    items = list(items)
+    changes = [c for service, desired, actual in items for c in diff(service, desired, actual)]
+    return make_plan(changes, {service.name: desired for service, desired, _ in items})
+
+
+def make_plan(
+    changes: Iterable[Change], desired: Mapping[str, tuple[Answer, ...]] | None = None
+) -> Plan:
+    """Sort the changes: by service, deletes first (a takeover deletes before it creates)."""
     ordered = sorted(changes, key=lambda c: (c.service.name, c.action != "delete", c.site or ""))
-    return Plan(tuple(ordered))
+    return Plan(tuple(ordered), dict(desired or {}))

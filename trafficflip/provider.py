@@ -88,9 +88,8 @@ class Provider(ABC):
         if not plan:
             return None
         for service in plan.services:
-            afters = [c.after for c in plan.for_service(service.name) if c.after is not None]
-            if afters:
-                check_safe(service, afters)
+            # A plan built without its desired answers cannot be checked: refuse it.
+            check_safe(service, plan.desired.get(service.name, ()))
         log.info("apply provider=%s %s", self.name, plan.summary)
         return await retry_transient(lambda: self._apply(plan), what=f"{self.name} apply")
 

@@ -1,0 +1,239 @@
+"""The reconcile step with an in-memory provider whose failures the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from trafficflip.engine import Engine
+from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.model import Answer, ProbeResult
+from trafficflip.plan import Plan
+from trafficflip.provider import Provider, Receipt
+from trafficflip.settings import ServiceConfig
+from trafficflip.state import SqliteStateStore
+from trafficflip.validation import Config, ProviderSpec, load_config
+
+
+class MemoryConfig(BaseModel):
+    type: str = "memory"
+
+
+class MemoryProvider(Provider):
+    """Holds answers in a dict; ``fail`` makes the next calls raise."""
+
+    TYPE = "memory"
+    Config = MemoryConfig
+
+    def __init__(self) -> None:
+        super().__init__("mem", MemoryConfig())
+        self.answers: dict[str, dict[str | None, Answer]] = {}
+        self.fail: Callable[[], Exception] | None = None
+        self.applies = 0
+
+    async def read(self, services: Sequence[ServiceConfig]) -> Mapping[str, tuple[Answer, ...]]:
+        if self.fail:
+            raise self.fail()
+        return {s.name: tuple(self.answers.get(s.name, {}).values()) for s in services}
+
+    async def _apply(self, plan: Plan) -> Receipt:
+        if self.fail:
+            raise self.fail()
+        self.applies += 1
+        for change in plan.changes:
+            held = self.answers.setdefault(change.service.name, {})
+            if change.after is None:
+                held.pop(change.before.site if change.before else None, None)
+            else:
+                held[change.after.site] = change.after
+        return Receipt("mem", (f"c{self.applies}",), 0.0)
+
+    def weights(self, service: str = "www") -> dict[str | None, int | None]:
+        return {site: a.weight for site, a in self.answers.get(service, {}).items()}
+
+
+def config(services: int = 1) -> Config:
+    data: dict[str, Any] = {
+        "providers": {},
+        "services": [
+            {
+                "name": "www" if i == 0 else f"s{i}",
+                "provider": "mem",
+                "zone": "example.com.",
+                "record": f"s{i}.example.com.",
+                "type": "A",
+                "ttl": 1,
+                "health": {"interval": 1, "timeout": 0.5, "fall": 2, "rise": 2},
+                "failback": {"stabilize": 0, "steps": [50, 100], "step_duration": 1},
+                "sites": [
+                    {
+                        "name": "primary",
+                        "targets": ["192.0.2.10"],
+                        "checks": [{"type": "tcp", "address": "127.0.0.1:1"}],
+                    },
+                    {
+                        "name": "dr",
+                        "targets": ["198.51.100.20"],
+                        "checks": [{"type": "tcp", "address": "127.0.0.1:2"}],
+                    },
+                ],
+            }
+            for i in range(services)
+        ],
+    }
+    # The memory provider is not an installed entry point: validate the rest, then add it.
+    data["providers"] = {"mem": {"type": "route53"}}
+    loaded = load_config(data=data)
+    return Config(loaded.settings, {"mem": ProviderSpec("mem", MemoryProvider, MemoryConfig())})
+
+
+class Rig:
+    def __init__(self, services: int = 1) -> None:
+        self.now = 1000.0
+        self.provider = MemoryProvider()
+        self.store = SqliteStateStore(":memory:")
+        self.engine = Engine(
+            config(services), self.store, {"mem": self.provider}, clock=lambda: self.now
+        )
+
+    def probe(self, site: str, ok: bool, times: int = 2) -> None:
+        port = 1 if site == "primary" else 2
+        for key in self.engine.jobs:
+            if f"127.0.0.1:{port}" in key:
+                for _ in range(times):
+                    self.engine.observe(
+                        key, ProbeResult(ok, "ok" if ok else "connect refused", 0.001, self.now)
+                    )
+
+    async def settle(self) -> None:
+        """Let requested convergences run."""
+        while self.engine._flusher is not None and not self.engine._flusher.done():
+            await self.engine._flusher
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_no_change_until_every_site_finished_its_rise_probes() -> None:
+    rig = Rig()
+    rig.probe("primary", True)
+    await rig.settle()
+    assert rig.provider.applies == 0
+    rig.probe("dr", True)
+    await rig.settle()
+    assert rig.provider.weights() == {"primary": 100, "dr": 0}
+
+
+async def test_failover_is_applied_in_the_tick_the_site_turns_down() -> None:
+    rig = Rig()
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    rig.probe("primary", False, times=1)
+    await rig.settle()
+    assert rig.provider.weights() == {"primary": 100, "dr": 0}  # one failure is not enough
+    rig.probe("primary", False, times=1)
+    await rig.settle()
+    assert rig.provider.weights() == {"primary": 0, "dr": 100}
+
+
+async def test_a_transient_failure_keeps_the_pending_failover_and_retries_it() -> None:
+    rig = Rig()
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    rig.provider.fail = lambda: TransientProviderError("network down")
+    rig.probe("primary", False)
+    await rig.settle()
+    assert rig.engine.states["www"].shares == {"primary": 0, "dr": 100}  # decided and stored
+    assert rig.store.load("www") == rig.engine.states["www"]
+    assert rig.engine.provider_status["mem"].ok is False
+    rig.provider.fail = None
+    # No new probe result: the engine's own retry lands it.
+    await until(lambda: rig.provider.weights() == {"primary": 0, "dr": 100})
+    assert rig.engine.provider_status["mem"].ok
+
+
+async def test_a_permanent_failure_is_not_hammered() -> None:
+    rig = Rig()
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    calls = 0
+
+    def refuse() -> Exception:
+        nonlocal calls
+        calls += 1
+        return PermanentProviderError("access denied", kind="AccessDenied")
+
+    rig.provider.fail = refuse
+    rig.probe("primary", False)
+    await rig.settle()
+    assert calls == 1
+    assert rig.engine._retry_handles == {}
+    kinds = [e.kind for e in rig.store.journal("www")]
+    assert "provider_error" in kinds
+    rig.provider.fail = None
+    await rig.engine.reconcile()  # the reconcile interval retries it
+    assert rig.provider.weights() == {"primary": 0, "dr": 100}
+
+
+async def test_reconcile_corrects_drift_and_journals_it() -> None:
+    rig = Rig()
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    rig.provider.answers["www"]["dr"] = Answer("dr", frozenset({"198.51.100.20"}), 100, 1)
+    await rig.engine.reconcile()
+    assert rig.provider.weights() == {"primary": 100, "dr": 0}
+    assert rig.store.journal("www")[-1].kind == "provider_change"
+
+
+async def test_services_flipping_together_go_in_one_apply() -> None:
+    rig = Rig(services=50)
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    before = rig.provider.applies
+    rig.probe("primary", False)
+    await rig.settle()
+    assert rig.provider.applies == before + 1
+    assert all(rig.provider.weights(s)["dr"] == 100 for s in rig.engine.services)
+
+
+async def test_the_ramp_advances_only_after_the_step_was_applied_and_held() -> None:
+    rig = Rig()
+    rig.probe("primary", False), rig.probe("dr", True)
+    await rig.settle()
+    assert rig.provider.weights() == {"primary": 0, "dr": 100}
+    rig.probe("primary", True)
+    await rig.settle()
+    assert rig.provider.weights() == {"primary": 50, "dr": 50}
+    rig.now += 0.5
+    await rig.engine.tick()
+    assert rig.provider.weights() == {"primary": 50, "dr": 50}
+    rig.now += 0.5
+    await rig.engine.tick()
+    assert rig.provider.weights() == {"primary": 100, "dr": 0}
+
+
+@pytest.mark.parametrize("command", ["hold"])
+async def test_commands_from_the_store_are_taken_on_tick(command: str) -> None:
+    rig = Rig()
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    command_id = rig.store.submit("www", command, {"reason": "change window"}, "cli")
+    bad_id = rig.store.submit("www", "failover", {"to": "mars"}, "cli")
+    await rig.engine.tick()
+    assert rig.store.command_result(command_id) == "ok"
+    assert "has no site 'mars'" in (rig.store.command_result(bad_id) or "")
+    rig.probe("primary", False)
+    await rig.settle()
+    assert rig.provider.weights() == {"primary": 100, "dr": 0}  # held
+    assert "hold: automatic changes frozen (change window) by cli" in [
+        e.message for e in rig.store.journal("www")
+    ]
