@@ -55,7 +55,8 @@ async def plan_for(
     provider: HaproxyProvider, service: ServiceConfig, shares: Mapping[str, int]
 ) -> Plan:
     actual = (await provider.read([service]))[service.name]
-    return make_plan(diff(service, render(service, shares, weighted=True), actual))
+    desired = render(service, shares, weighted=True)
+    return make_plan(diff(service, desired, actual), {service.name: desired})
 
 
 @pytest.fixture
@@ -176,9 +177,10 @@ async def test_missing_backend_or_server_is_a_clear_permanent_error(
 async def test_a_refused_command_surfaces_haproxys_message(haproxy: HaproxyServer) -> None:
     provider = provider_for({"socket": haproxy.socket})
     service = make_service(sites={"primary": ["a1", "a9"], "standby": ["b1"]})
-    changes = diff(service, render(service, {"primary": 100}, weighted=True), [])
+    desired = render(service, {"primary": 100}, weighted=True)
+    plan = make_plan(diff(service, desired, []), {service.name: desired})
     with pytest.raises(PermanentProviderError, match="set server be/a9 weight 100: No such server"):
-        await provider._apply(make_plan(changes))
+        await provider._apply(plan)
 
 
 async def test_check_live_reports_an_unreachable_instance(tmp_path: Path) -> None:

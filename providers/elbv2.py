@@ -1,0 +1,366 @@
+"""ELBv2: a service is a listener's default forward action (or a listener rule's), each site's
+targets are target groups in it.
+
+A site's share (0-100) becomes the ``Weight`` of every one of its target groups in the forward
+action's ``ForwardConfig`` (ELBv2 accepts 0-999), written with ModifyListener/ModifyRule and
+read back with DescribeListeners/DescribeRules. Weight 0 keeps the group in the action but
+sends it no new requests. The action's other settings (stickiness, the other actions, their
+order) are sent back as they were read. Target groups in the action that belong to no site
+are left as they are; ``check_live`` reports the ones that take traffic.
+
+Credentials and the endpoint come from the standard AWS chain
+(``AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2`` points it at a local emulation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from pydantic import BaseModel, ConfigDict
+
+from trafficflip.durations import Duration
+from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.model import Answer
+from trafficflip.plan import Plan
+from trafficflip.provider import Provider, Receipt
+from trafficflip.settings import ServiceConfig
+
+if TYPE_CHECKING:
+    from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
+    from mypy_boto3_elbv2.type_defs import ActionOutputTypeDef, TargetGroupTupleTypeDef
+
+T = TypeVar("T")
+
+_ARN = r"^arn:aws[a-z-]*:elasticloadbalancing:(?P<region>[a-z0-9-]+):\d{12}:"
+LISTENER_ARN = re.compile(_ARN + r"listener/(app|net|gwy)/[^/]+/[0-9a-f]+/[0-9a-f]+$")
+RULE_ARN = re.compile(_ARN + r"listener-rule/(app|net|gwy)/[^/]+/[0-9a-f]+/[0-9a-f]+/[0-9a-f]+$")
+TARGET_GROUP_ARN = re.compile(_ARN + r"targetgroup/[^/]+/[0-9a-f]+$")
+# ELBv2's documented limit for one forward action.
+MAX_TARGET_GROUPS = 5
+TRANSIENT_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalError",
+}
+NOT_FOUND = {"ListenerNotFound", "RuleNotFound"}
+
+
+class Elbv2Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["elbv2"]
+    region: str = "us-east-1"
+    timeout: Duration = 10.0
+
+
+class Elbv2Provider(Provider):
+    """Weighted target groups in the forward action of listeners and listener rules."""
+
+    TYPE = "elbv2"
+    KIND = "pool"
+    SUPPORTS_WEIGHTS = True
+    MAX_WEIGHT = 999  # ELBv2's limit; moto accepts more, so it is checked here
+    Config = Elbv2Config
+
+    def __init__(
+        self, name: str, config: Elbv2Config, client: ElasticLoadBalancingv2Client
+    ) -> None:
+        super().__init__(name, config)
+        self.client = client
+
+    @classmethod
+    def create(cls, name: str, config: Any) -> Elbv2Provider:
+        client_config = botocore.config.Config(
+            # Backoff is ours (jittered, shared with the engine), not botocore's.
+            retries={"total_max_attempts": 1},
+            connect_timeout=config.timeout,
+            read_timeout=config.timeout,
+        )
+        client = boto3.session.Session().client(
+            "elbv2", region_name=config.region, config=client_config
+        )
+        return cls(name, config, client)
+
+    @classmethod
+    def validate_service(cls, service: ServiceConfig, config: Any) -> list[tuple[str, str]]:
+        """One listener or rule ARN, target group ARNs, all in the provider's region."""
+        region = config.region if isinstance(config, Elbv2Config) else None
+        problems = _object_problems(service, region)
+        if service.backend is not None:
+            problems.append(("backend", "only for a haproxy provider"))
+        owner: dict[str, str] = {}
+        for s_index, site in enumerate(service.sites):
+            for t_index, target in enumerate(site.targets):
+                path = f"sites[{s_index}].targets[{t_index}]"
+                problem = _arn_problem(target, TARGET_GROUP_ARN, "target group", region)
+                if problem is None and target in owner:
+                    problem = f"target group {target} is already in site {owner[target]}"
+                if problem is not None:
+                    problems.append((path, problem))
+                owner.setdefault(target, site.name)
+        if len(owner) > MAX_TARGET_GROUPS:
+            problems.append(
+                (
+                    "sites",
+                    f"a forward action holds at most {MAX_TARGET_GROUPS} target groups, "
+                    f"the sites name {len(owner)}",
+                )
+            )
+        return problems
+
+    async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, **kwargs)
+        except botocore.exceptions.ClientError as exc:
+            error = exc.response.get("Error", {})
+            code, message = error.get("Code", "Unknown"), error.get("Message", str(exc))
+            text = f"elbv2 {what}: {code}: {message}"
+            if code in TRANSIENT_CODES:
+                raise TransientProviderError(text, kind=code) from exc
+            raise PermanentProviderError(text, kind=code) from exc
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            raise TransientProviderError(f"elbv2 {what}: {exc}", kind="network") from exc
+
+    # -- read -------------------------------------------------------------------------------
+
+    async def read(self, services: Sequence[ServiceConfig]) -> Mapping[str, tuple[Answer, ...]]:
+        """One answer per site found in the forward action, with the weight its groups hold.
+
+        A site none of whose groups is in the action has no answer (the plan creates it); a
+        site whose groups hold different weights is read with weight ``None``, which no
+        desired answer has. A missing listener or rule raises ``PermanentProviderError``.
+        """
+        actions = await self._actions(services)
+        return {s.name: _answers(s, _weights(s, actions[s.name])) for s in services}
+
+    async def _actions(
+        self, services: Sequence[ServiceConfig]
+    ) -> dict[str, list[ActionOutputTypeDef]]:
+        """Each service's current action list: listeners in one call, rules in another."""
+        listeners = [s for s in services if s.listener_arn is not None]
+        rules = [s for s in services if s.listener_arn is None]
+        found: dict[str, list[ActionOutputTypeDef]] = {}
+        if listeners:
+            found.update(await self._describe(listeners, "DescribeListeners"))
+        if rules:
+            found.update(await self._describe(rules, "DescribeRules"))
+        return {s.name: found[_arn(s)] for s in services}
+
+    async def _describe(
+        self, services: Sequence[ServiceConfig], what: str
+    ) -> dict[str, list[ActionOutputTypeDef]]:
+        arns = sorted({_arn(s) for s in services})
+        try:
+            found = await self._describe_arns(arns, what)
+        except PermanentProviderError as exc:
+            if exc.kind not in NOT_FOUND or len(arns) == 1:
+                raise self._not_found(services, exc) from exc
+            # AWS fails the whole call for one unknown ARN: ask one by one to name it.
+            found = {}
+            for arn in arns:
+                found.update(await self._describe([s for s in services if _arn(s) == arn], what))
+        missing = [s for s in services if _arn(s) not in found]
+        if missing:
+            raise self._not_found(missing, None)
+        return found
+
+    async def _describe_arns(self, arns: list[str], what: str) -> dict[str, list[Any]]:
+        if what == "DescribeListeners":
+            reply = await self._call(what, self.client.describe_listeners, ListenerArns=arns)
+            listeners = reply["Listeners"]
+            return {x["ListenerArn"]: x.get("DefaultActions", []) for x in listeners}
+        rules = await self._call(what, self.client.describe_rules, RuleArns=arns)
+        return {r["RuleArn"]: r.get("Actions", []) for r in rules["Rules"]}
+
+    def _not_found(
+        self, services: Sequence[ServiceConfig], cause: PermanentProviderError | None
+    ) -> PermanentProviderError:
+        if cause is not None and cause.kind not in NOT_FOUND:
+            return cause
+        names = "; ".join(f"service {s.name}: no {_kind(s)} {_arn(s)}" for s in services)
+        return PermanentProviderError(f"elbv2 {self.name}: {names}", kind="NotFound")
+
+    # -- apply ------------------------------------------------------------------------------
+
+    async def _apply(self, plan: Plan) -> Receipt:
+        """Rewrite the forward action of each planned listener or rule in one call each.
+
+        The action list is read again just before the write (ModifyListener replaces the whole
+        list) and sent back with only the sites' target group weights changed, so one call
+        moves all of a service's traffic at once and is idempotent.
+        """
+        actions = await self._actions(plan.services)
+        arns: list[str] = []
+        for service in plan.services:
+            weights = _planned_weights(plan, service)
+            new = _rewrite(service, actions[service.name], weights)
+            arn = _arn(service)
+            if service.listener_arn is not None:
+                await self._call(
+                    "ModifyListener",
+                    self.client.modify_listener,
+                    ListenerArn=arn,
+                    DefaultActions=new,
+                )
+            else:
+                await self._call("ModifyRule", self.client.modify_rule, RuleArn=arn, Actions=new)
+            arns.append(arn)
+        return Receipt(self.name, tuple(arns), time.time(), in_sync=True)
+
+    async def check_live(self, services: Sequence[ServiceConfig]) -> list[str]:
+        """Every listener, rule and target group exists; no foreign group takes traffic."""
+        key = f"providers.{self.name}"
+        try:
+            actions = await self._actions(services)
+        except Exception as exc:  # reported, not raised: this is a diagnostic
+            return [f"{key}: {exc}"]
+        problems = [f"{key}: {p}" for p in await self._missing_target_groups(services)]
+        for service in services:
+            ours = {t for site in service.sites for t in site.targets}
+            for arn, weight in _forward_weights(actions[service.name]).items():
+                if arn not in ours and weight:
+                    problems.append(
+                        f"{key}: service {service.name}: target group {arn} (weight {weight}) "
+                        "is in the forward action but in no site: trafficflip does not steer it"
+                    )
+        return problems
+
+    async def _missing_target_groups(self, services: Sequence[ServiceConfig]) -> list[str]:
+        wanted = sorted({t for s in services for site in s.sites for t in site.targets})
+        missing = []
+        for arn in wanted:
+            try:
+                await self._call(
+                    "DescribeTargetGroups",
+                    self.client.describe_target_groups,
+                    TargetGroupArns=[arn],
+                )
+            except PermanentProviderError as exc:
+                if exc.kind != "TargetGroupNotFound":
+                    raise
+                missing.append(f"no target group {arn}")
+        return missing
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.client.close)
+
+
+def _arn(service: ServiceConfig) -> str:
+    return str(service.listener_arn or service.rule_arn)
+
+
+def _kind(service: ServiceConfig) -> str:
+    return "listener" if service.listener_arn is not None else "listener rule"
+
+
+def _object_problems(service: ServiceConfig, region: str | None) -> list[tuple[str, str]]:
+    if service.listener_arn is not None and service.rule_arn is not None:
+        return [("rule_arn", "set listener_arn or rule_arn, not both")]
+    if service.listener_arn is not None:
+        problem = _arn_problem(service.listener_arn, LISTENER_ARN, "listener", region)
+        return [("listener_arn", problem)] if problem else []
+    if service.rule_arn is not None:
+        problem = _arn_problem(service.rule_arn, RULE_ARN, "listener rule", region)
+        return [("rule_arn", problem)] if problem else []
+    return [("listener_arn", "required for an elbv2 service (or rule_arn for a listener rule)")]
+
+
+def _arn_problem(arn: str, pattern: re.Pattern[str], kind: str, region: str | None) -> str | None:
+    match = pattern.match(arn)
+    if match is None:
+        return f"{arn!r} is not a {kind} ARN"
+    if region is not None and match.group("region") != region:
+        return f"{arn} is in {match.group('region')}, the provider's region is {region}"
+    return None
+
+
+def _forward(actions: Sequence[ActionOutputTypeDef]) -> ActionOutputTypeDef | None:
+    return next((a for a in actions if a.get("Type") == "forward"), None)
+
+
+def _forward_weights(actions: Sequence[ActionOutputTypeDef]) -> dict[str, int]:
+    """Target group ARN -> weight in the forward action (a plain forward to one group is 1)."""
+    action = _forward(actions)
+    if action is None:
+        return {}
+    groups = action.get("ForwardConfig", {}).get("TargetGroups", [])
+    if groups:
+        return {str(g.get("TargetGroupArn")): int(g.get("Weight", 1)) for g in groups}
+    arn = action.get("TargetGroupArn")
+    return {arn: 1} if arn else {}
+
+
+def _weights(service: ServiceConfig, actions: Sequence[ActionOutputTypeDef]) -> dict[str, int]:
+    if _forward(actions) is None:
+        raise PermanentProviderError(
+            f"elbv2: service {service.name}: {_kind(service)} {_arn(service)} has no forward "
+            "action to weight",
+            kind="NoForwardAction",
+        )
+    return _forward_weights(actions)
+
+
+def _answers(service: ServiceConfig, weights: Mapping[str, int]) -> tuple[Answer, ...]:
+    answers = []
+    for site in service.sites:
+        held = {weights.get(t) for t in site.targets}
+        if held == {None}:
+            continue
+        weight = held.pop() if len(held) == 1 else None
+        answers.append(Answer(site.name, frozenset(site.targets), weight))
+    return tuple(answers)
+
+
+def _planned_weights(plan: Plan, service: ServiceConfig) -> dict[str, int]:
+    """Target group ARN -> the weight the plan gives its site; checked against ELBv2's range."""
+    weights: dict[str, int] = {}
+    for change in plan.for_service(service.name):
+        if change.after is None:
+            continue
+        weight = change.after.weight or 0
+        if not 0 <= weight <= Elbv2Provider.MAX_WEIGHT:
+            raise PermanentProviderError(
+                f"elbv2: weight {weight} for {service.name} {change.site} is outside "
+                f"0-{Elbv2Provider.MAX_WEIGHT}",
+                kind="InvalidWeight",
+            )
+        weights.update(dict.fromkeys(change.after.targets, weight))
+    return weights
+
+
+def _rewrite(
+    service: ServiceConfig, actions: Sequence[ActionOutputTypeDef], weights: Mapping[str, int]
+) -> list[ActionOutputTypeDef]:
+    """The action list with new target group weights and every other setting as read."""
+    current = _weights(service, actions)
+    merged = {**current, **weights}
+    groups: list[TargetGroupTupleTypeDef] = [
+        {"TargetGroupArn": arn, "Weight": weight} for arn, weight in merged.items()
+    ]
+    rewritten: list[ActionOutputTypeDef] = []
+    for action in actions:
+        action = action.copy()
+        if action.get("Type") == "forward":
+            forward = action.get("ForwardConfig", {}).copy()
+            forward["TargetGroups"] = groups
+            action["ForwardConfig"] = forward
+            # With several groups the plain TargetGroupArn must go: ELBv2 accepts both only
+            # when they name the same single group.
+            action.pop("TargetGroupArn", None)
+        elif action.get("Type") == "authenticate-oidc":
+            # Describe* never returns the client secret; without this flag it would be lost.
+            oidc = action.get("AuthenticateOidcConfig")
+            if oidc is not None:
+                action["AuthenticateOidcConfig"] = {**oidc, "UseExistingClientSecret": True}
+        rewritten.append(action)
+    return rewritten
