@@ -1,0 +1,146 @@
+"""Probes against real loopback servers: every outcome has a short reason and none raises."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from tests.support import HttpSite
+from trafficflip.probes import Prober
+from trafficflip.settings import DnsCheck, HttpCheck, TcpCheck
+
+
+@pytest.fixture
+async def prober() -> AsyncIterator[Prober]:
+    prober = Prober()
+    yield prober
+    await prober.close()
+
+
+def http_check(url: str, **kwargs: Any) -> HttpCheck:
+    return HttpCheck(type="http", url=url, **kwargs)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """Accepts connections (the kernel's backlog) and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    yield f"127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+async def test_http_outcomes(prober: Prober, site: HttpSite) -> None:
+    assert (await prober.probe(http_check(site.url, body="ok"), 1.0)).reason == "ok"
+    assert (await prober.probe(http_check(site.url, body_regex="^o."), 1.0)).ok
+    assert (await prober.probe(http_check(site.url, body="healthy"), 1.0)).reason == "body mismatch"
+    site.status = 503
+    result = await prober.probe(http_check(site.url), 1.0)
+    assert (result.ok, result.reason) == (False, "status 503")
+    assert (await prober.probe(http_check(site.url, expect_status=[503]), 1.0)).ok
+
+
+async def test_http_connect_refused_and_timeout(prober: Prober, silent_server: str) -> None:
+    closed = HttpSite()  # never started: nothing listens on its port
+    assert (await prober.probe(http_check(closed.url), 1.0)).reason == "connect refused"
+    result = await prober.probe(http_check(f"http://{silent_server}/healthz"), 0.2)
+    assert (result.ok, result.reason) == (False, "timeout")
+    assert result.latency < 1.0
+
+
+async def test_http_latency_limit(prober: Prober, site: HttpSite) -> None:
+    result = await prober.probe(http_check(site.url, max_latency=0.000001), 1.0)
+    assert not result.ok and result.reason.startswith("slow ")
+
+
+async def test_http_host_header_is_sent(prober: Prober) -> None:
+    seen: list[str] = []
+    site = HttpSite()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers["Host"])
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((site.host, site.port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert (await prober.probe(http_check(site.url, host="www.example.com"), 1.0)).ok
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["www.example.com"]
+
+
+async def test_tcp(prober: Prober, site: HttpSite) -> None:
+    assert (await prober.probe(TcpCheck(type="tcp", address=f"127.0.0.1:{site.port}"), 1.0)).ok
+    site.stop()
+    result = await prober.probe(TcpCheck(type="tcp", address=f"127.0.0.1:{site.port}"), 1.0)
+    assert (result.ok, result.reason) == (False, "connect refused")
+
+
+@pytest.fixture
+def dns_server() -> Iterator[str]:
+    """A minimal UDP responder: www.example.com A 192.0.2.10, NXDOMAIN for anything else."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            query = dns.message.from_wire(data)
+            reply = dns.message.make_response(query)
+            name = query.question[0].name.to_text()
+            if name == "www.example.com.":
+                reply.answer.append(dns.rrset.from_text(name, 30, "IN", "A", "192.0.2.10"))
+            else:
+                reply.set_rcode(dns.rcode.NXDOMAIN)
+            sock.sendto(reply.to_wire(), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    sock.close()
+
+
+async def test_dns(prober: Prober, dns_server: str) -> None:
+    def check(name: str, **kwargs: Any) -> DnsCheck:
+        return DnsCheck(type="dns", server=dns_server, name=name, **kwargs)
+
+    assert (await prober.probe(check("www.example.com."), 1.0)).ok
+    assert (await prober.probe(check("www.example.com.", expect=["192.0.2.10"]), 1.0)).ok
+    mismatch = await prober.probe(check("www.example.com.", expect=["192.0.2.99"]), 1.0)
+    assert mismatch.reason == "answer mismatch"
+    assert (await prober.probe(check("nope.example.com."), 1.0)).reason == "dns NXDOMAIN"
+
+
+async def test_dns_timeout(prober: Prober) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))  # bound, never answers
+    try:
+        check = DnsCheck(type="dns", server=f"127.0.0.1:{sock.getsockname()[1]}", name="x.")
+        assert (await prober.probe(check, 0.2)).reason == "timeout"
+    finally:
+        sock.close()
