@@ -15,7 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -58,7 +58,7 @@ MESSAGE_OVERHEAD = 512
 READ_CONCURRENCY = 8
 # A hand edit racing our update costs one re-read; more rounds than this means a fight.
 MAX_REBASES = 3
-# Receipts remembered for confirm(); older ones are checked by serial only.
+SERIAL_SPACE = 2**32
 REMEMBERED_CHANGES = 256
 CONFLICT_RCODES = {dns.rcode.NXRRSET, dns.rcode.YXRRSET}
 TSIG_ERRORS: dict[type[Exception], str] = {
@@ -135,6 +135,14 @@ class Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+@dataclass
+class ZoneCache:
+    """A zone's answers as read or written at one SOA serial."""
+
+    serial: int
+    answers: dict[tuple[str, str], tuple[Answer, ...]] = field(default_factory=dict)
+
+
 class DnsClient:
     """Sends one message over TCP, signed with the key, and returns the response.
 
@@ -203,9 +211,10 @@ class Rfc2136Provider(Provider):
         self.client = client
         self.server = Endpoint.parse(config.server)
         self.verify = [Endpoint.parse(v) for v in config.verify] or [self.server]
-        # What each change wrote and what we last wrote per service, for confirm().
+        self._cache: dict[str, ZoneCache] = {}
+        # Which services each change wrote and what we last wrote for each, for confirm().
         self._written: dict[str, tuple[ServiceConfig, ...]] = {}
-        self._latest: dict[str, frozenset[str]] = {}
+        self._latest: dict[str, Answer] = {}
 
     @classmethod
     def create(cls, name: str, config: Any) -> Rfc2136Provider:
@@ -224,15 +233,36 @@ class Rfc2136Provider(Provider):
     # -- reading -------------------------------------------------------------------------
 
     async def read(self, services: Sequence[ServiceConfig]) -> Mapping[str, tuple[Answer, ...]]:
-        """One TCP query per service for its RRset on the primary: ``(Answer,)`` or ``()``.
+        """The RRset of each service on the primary: ``(Answer,)``, or ``()`` when absent.
 
-        Never a zone transfer, never writes. A name that holds a CNAME where the service
-        wants an address is someone else's record and is reported, not replaced.
+        TCP queries, never a zone transfer, never a write. Answers are kept per zone with
+        the SOA serial they were read at: while the serial has not moved nothing changed,
+        so a reconcile costs one SOA query per zone. A name that holds a CNAME where the
+        service wants addresses is someone else's record: reported, never replaced.
         """
-        answers = await _bounded(
-            (self._read_rrset(self.server, s) for s in services), READ_CONCURRENCY
+        by_zone: dict[str, list[ServiceConfig]] = defaultdict(list)
+        for service in services:
+            by_zone[_zone(service)].append(service)
+        answers: dict[str, tuple[Answer, ...]] = {}
+        for zone, members in by_zone.items():
+            answers.update(await self._read_zone(zone, members))
+        return answers
+
+    async def _read_zone(
+        self, zone: str, services: Sequence[ServiceConfig]
+    ) -> dict[str, tuple[Answer, ...]]:
+        # The serial is read first: answers read after it are that state or newer, and
+        # anything newer moves the serial, so the next read starts afresh.
+        serial = await self._serial(self.server, zone)
+        cache = self._cache.get(zone)
+        if cache is None or cache.serial != serial:
+            cache = self._cache[zone] = ZoneCache(serial)
+        missing = [s for s in services if _rrset_key(s) not in cache.answers]
+        found = await _bounded(
+            (self._read_rrset(self.server, s) for s in missing), READ_CONCURRENCY
         )
-        return {s.name: a for s, a in zip(services, answers, strict=True)}
+        cache.answers.update(zip(map(_rrset_key, missing), found, strict=True))
+        return {s.name: cache.answers[_rrset_key(s)] for s in services}
 
     async def _read_rrset(self, endpoint: Endpoint, service: ServiceConfig) -> tuple[Answer, ...]:
         query = dns.message.make_query(str(service.record), str(service.type))
@@ -287,41 +317,59 @@ class Rfc2136Provider(Provider):
     async def _apply(self, plan: Plan) -> Receipt:
         """One UPDATE per zone (split only past the message size), each change guarded by a
         prerequisite on the RRset it replaces; a conflict is re-read and applied on the new
-        basis. Returns the zones' new SOA serials as ``zone@serial`` change ids. Messages are
-        built and signed afresh on every call, so a retry never resends a signed message.
+        basis. Change ids are the zones' new SOA serials, ``zone@serial``. Messages are built
+        and signed afresh on every call, so a retry never resends a signed message.
         """
         by_zone: dict[str, list[Change]] = defaultdict(list)
         for change in plan.changes:
             _check_writable(change)
-            by_zone[_name(str(change.service.zone)).to_text()].append(change)
+            by_zone[_zone(change.service)].append(change)
         change_ids = []
         for zone, changes in by_zone.items():
             serial = await self._update_zone(zone, changes)
             change_ids.append(f"{zone}@{serial}")
-            self._remember(change_ids[-1], changes)
+            self._written[change_ids[-1]] = tuple(c.service for c in changes)
+        while len(self._written) > REMEMBERED_CHANGES:
+            self._written.pop(next(iter(self._written)))  # older ones: confirmed by serial
         submitted_at = time.time()
         in_sync = await self._in_sync(change_ids)
         return Receipt(self.name, tuple(change_ids), submitted_at, in_sync)
 
     async def _update_zone(self, zone: str, changes: list[Change]) -> int:
-        pending = changes
+        cache = self._cache.pop(zone, None)
+        pending, sent, landed = changes, 0, list[Change]()
         for _ in range(MAX_REBASES + 1):
             conflicts: list[Change] = []
             for batch in _batches(zone, pending):
-                if not await self._submit(zone, batch):
+                if await self._submit(zone, batch):
+                    sent, landed = sent + 1, landed + batch
+                else:
                     conflicts.extend(batch)
-            if conflicts:
-                pending = await self._rebase(zone, conflicts)
-            if not conflicts or not pending:
-                return await self._serial(self.server, zone)
+            pending = await self._rebase(zone, conflicts) if conflicts else []
+            if not pending:
+                serial = await self._serial(self.server, zone)
+                self._recache(zone, cache if not conflicts else None, sent, serial, landed)
+                return serial
         raise TransientProviderError(
             f"rfc2136 update server={self.server} zone={zone}: the records kept changing "
             f"under the update ({MAX_REBASES} re-reads)",
             kind="NXRRSET",
         )
 
+    def _recache(
+        self, zone: str, cache: ZoneCache | None, sent: int, serial: int, landed: list[Change]
+    ) -> None:
+        """Keep the zone's answers if the serial moved by our messages alone (BIND adds 1 per
+        UPDATE); any other step means someone else wrote too, so the next read starts afresh."""
+        self._latest.update((c.service.name, c.after) for c in landed if c.after)
+        if cache is None or (cache.serial + sent) % SERIAL_SPACE != serial:
+            return
+        cache.serial = serial
+        cache.answers.update((_rrset_key(c.service), (c.after,)) for c in landed if c.after)
+        self._cache[zone] = cache
+
     async def _submit(self, zone: str, changes: Sequence[Change]) -> bool:
-        """Send one UPDATE; False when a prerequisite failed (nothing was changed)."""
+        """Send one UPDATE; False when a prerequisite failed (then nothing was changed)."""
         message = _update_message(zone, changes)
         response = await self.client.exchange(message, self.server, f"update zone={zone}")
         rcode = response.rcode()
@@ -355,41 +403,41 @@ class Rfc2136Provider(Provider):
 
     async def confirm(self, receipt: Receipt) -> bool:
         """True once every ``verify`` server has the zone's new serial (or a later one) and
-        the RRsets the change wrote, unless a later change wrote them again. Read-only."""
+        holds the RRsets as we last wrote them. Read-only; safe to call any number of times.
+
+        The primary's NOERROR to a prerequisite-guarded UPDATE already proves its RRsets, so
+        only other servers are asked for them.
+        """
         return await self._in_sync(receipt.change_ids)
 
     async def _in_sync(self, change_ids: Iterable[str]) -> bool:
         for change_id in change_ids:
             zone, _, serial = change_id.rpartition("@")
+            services = self._written.get(change_id, ())
             for endpoint in self.verify:
-                if not await self._reached(endpoint, zone, int(serial), change_id):
+                if not await self._reached(endpoint, zone, int(serial), services):
                     return False
             self._written.pop(change_id, None)
         return True
 
-    async def _reached(self, endpoint: Endpoint, zone: str, serial: int, change_id: str) -> bool:
+    async def _reached(
+        self, endpoint: Endpoint, zone: str, serial: int, services: Sequence[ServiceConfig]
+    ) -> bool:
         have = await self._serial(endpoint, zone)
         if not _serial_reached(have, serial):
             log.info("lagging server=%s zone=%s serial=%d want=%d", endpoint, zone, have, serial)
             return False
-        services = self._written.get(change_id, ())
+        if endpoint == self.server:
+            return True
         answers = await _bounded(
             (self._read_rrset(endpoint, s) for s in services), READ_CONCURRENCY
         )
         for service, answer in zip(services, answers, strict=True):
-            held = answer[0].targets if answer else frozenset()
-            if held != self._latest.get(service.name, held):
-                log.info("lagging server=%s service=%s", endpoint, service.name)
+            latest = self._latest.get(service.name)
+            if latest is not None and answer != (latest,):
+                log.info("lagging server=%s zone=%s service=%s", endpoint, zone, service.name)
                 return False
         return True
-
-    def _remember(self, change_id: str, changes: Sequence[Change]) -> None:
-        for change in changes:
-            assert change.after is not None
-            self._latest[change.service.name] = change.after.targets
-        self._written[change_id] = tuple(c.service for c in changes)
-        while len(self._written) > REMEMBERED_CHANGES:
-            self._written.pop(next(iter(self._written)))
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -506,6 +554,14 @@ def _first(errors: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
+def _zone(service: ServiceConfig) -> str:
+    return _name(str(service.zone)).to_text()
+
+
+def _rrset_key(service: ServiceConfig) -> tuple[str, str]:
+    return (_name(str(service.record)).to_text().lower(), str(service.type))
+
+
 def _name(text: str) -> dns.name.Name:
     return dns.name.from_text(text)
 
@@ -535,7 +591,7 @@ def _value(rdata: Any, service: ServiceConfig) -> str:
 
 def _serial_reached(have: int, want: int) -> bool:
     """RFC 1982 serial arithmetic: ``have`` is ``want`` or later, modulo 2**32."""
-    return (have - want) % 2**32 < 2**31
+    return (have - want) % SERIAL_SPACE < SERIAL_SPACE // 2
 
 
 def _show(answer: Answer | None) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.named import AVAILABLE, KEY_NAME, ZONE, Named
 from trafficflip.model import Answer
-from trafficflip.plan import Plan, diff, make_plan, render
+from trafficflip.plan import Plan, plan_services, render
 from trafficflip.providers.rfc2136 import Rfc2136Config, Rfc2136Provider
 from trafficflip.settings import ServiceConfig
 
@@ -66,11 +66,7 @@ async def converge(
 ) -> Plan:
     """What the engine does: read, render the shares, diff, apply."""
     actual = await provider.read(services)
-    plan = make_plan(
-        change
-        for s in services
-        for change in diff(s, render(s, shares, weighted=False), actual[s.name])
-    )
+    plan = plan_services((s, render(s, shares, weighted=False), actual[s.name]) for s in services)
     await provider.apply(plan)
     return plan
 
