@@ -159,11 +159,11 @@ class DnsClient:
         return self.key.name.to_text() if self.key else "(none)"
 
     async def exchange(
-        self, message: dns.message.Message, endpoint: Endpoint, what: str
+        self, message: dns.message.Message, endpoint: Endpoint, what: str, *, sign: bool = True
     ) -> dns.message.Message:
-        if self.key is not None:
+        if self.key is not None and sign:
             message.use_tsig(self.key)
-        where = f"{what} server={endpoint} key={self.key_name}"
+        where = f"{what} server={endpoint} key={self.key_name if sign else '(none)'}"
         try:
             host = await _resolve(endpoint.host)
             return await dns.asyncquery.tcp(message, host, timeout=self.timeout, port=endpoint.port)
@@ -290,7 +290,9 @@ class Rfc2136Provider(Provider):
     async def _ask(
         self, query: dns.message.Message, endpoint: Endpoint, zone: str, what: str
     ) -> dns.message.Message:
-        response = await self.client.exchange(query, endpoint, f"{what} zone={zone}")
+        # Other authoritative servers (secondaries) need not know the update key.
+        sign = endpoint == self.server
+        response = await self.client.exchange(query, endpoint, f"{what} zone={zone}", sign=sign)
         rcode = response.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             raise self._refused(rcode, endpoint, zone, what)

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.named import AVAILABLE, KEY_NAME, ZONE, Named
+from tests.named import AVAILABLE, KEY_NAME, ZONE, Named, new_secret
+from trafficflip.errors import (
+    ConfigError,
+    PermanentProviderError,
+    TransientProviderError,
+    UnsafePlanError,
+)
 from trafficflip.model import Answer
-from trafficflip.plan import Plan, plan_services, render
+from trafficflip.plan import Change, Plan, plan_services, render
 from trafficflip.providers.rfc2136 import Rfc2136Config, Rfc2136Provider
 from trafficflip.settings import ServiceConfig
+from trafficflip.validation import load_config
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="needs /usr/sbin/named and root")
 
@@ -128,10 +136,214 @@ def count_updates(provider: Rfc2136Provider) -> list[int]:
     sizes: list[int] = []
     exchange = provider.client.exchange
 
-    async def counting(message: Any, endpoint: Any, what: str) -> Any:
+    async def counting(message: Any, endpoint: Any, what: str, **options: Any) -> Any:
         if what.startswith("update"):
             sizes.append(len({rrset.name for rrset in message.update}))
-        return await exchange(message, endpoint, what)
+        return await exchange(message, endpoint, what, **options)
 
     provider.client.exchange = counting  # type: ignore[method-assign]
     return sizes
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "kind"),
+    [
+        ({"secret": new_secret()}, "BADSIG"),
+        ({"key": "unknown-key."}, "BADKEY"),
+        ({"tsig": False}, "REFUSED"),
+    ],
+)
+async def test_rejected_credentials_are_permanent_and_name_server_zone_key(
+    named: Named, options: dict[str, Any], kind: str
+) -> None:
+    provider = provider_for(named, **options)
+    plan = await converge_plan(provider_for(named), [service()], {"primary": 100})
+    with pytest.raises(PermanentProviderError) as caught:
+        await provider.apply(plan)
+    assert caught.value.kind == kind
+    message = str(caught.value)
+    assert named.address in message and ZONE in message
+    assert options.get("key", KEY_NAME if options.get("tsig", True) else "(none)") in message
+    assert named.secret not in message and options.get("secret", named.secret) not in message
+    assert named.values("www." + ZONE, "A") == set()
+
+
+async def test_a_record_outside_the_zone_is_notzone(
+    named: Named, provider: Rfc2136Provider
+) -> None:
+    svc = service(record="www.elsewhere.test.")
+    plan = plan_services([(svc, render(svc, {"primary": 100}, weighted=False), ())])
+    with pytest.raises(PermanentProviderError, match="NOTZONE") as caught:
+        await provider.apply(plan)
+    assert caught.value.kind == "NOTZONE"
+
+
+async def test_a_zone_that_failed_to_load_is_servfail(
+    named: Named, provider: Rfc2136Provider
+) -> None:
+    with pytest.raises(PermanentProviderError, match="zone=broken.test.") as caught:
+        await provider.read([service(zone="broken.test.")])
+    assert caught.value.kind == "SERVFAIL"
+
+
+async def test_a_zone_the_server_does_not_serve_is_refused(
+    named: Named, provider: Rfc2136Provider
+) -> None:
+    with pytest.raises(PermanentProviderError) as caught:
+        await provider.read([service(zone="other.test.")])
+    assert caught.value.kind == "REFUSED"
+
+
+async def test_a_cname_someone_else_wrote_is_reported_not_replaced(
+    named: Named, provider: Rfc2136Provider
+) -> None:
+    with pytest.raises(PermanentProviderError, match="holds a CNAME") as caught:
+        await provider.read([service("taken")])
+    assert caught.value.kind == "CNAME"
+
+
+async def test_named_stopped_is_transient(named: Named, provider: Rfc2136Provider) -> None:
+    plan = await converge_plan(provider, [service()], {"primary": 100})
+    named.stop()
+    with pytest.raises(TransientProviderError, match=named.address) as caught:
+        await provider._apply(plan)
+    assert caught.value.kind == "network"
+    with pytest.raises(TransientProviderError):
+        await provider.read([service()])
+
+
+async def test_deleting_or_emptying_the_rrset_is_refused(provider: Rfc2136Provider) -> None:
+    svc = service()
+    current = Answer(None, frozenset({"192.0.2.1"}), None, 30)
+    for after in (None, Answer(None, frozenset(), None, 30)):
+        change = Change(svc, "delete" if after is None else "update", current, after)
+        with pytest.raises(UnsafePlanError, match="refusing"):
+            await provider._apply(Plan((change,)))
+
+
+# -- conflicts, restarts, confirmation ---------------------------------------------------
+
+
+async def test_a_hand_edit_between_read_and_apply_is_rebased_and_logged(
+    named: Named, provider: Rfc2136Provider, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = service()
+    await converge(provider, [svc], {"primary": 100})
+    plan = await converge_plan(provider, [svc], {"standby": 100})
+    named.replace("www." + ZONE, "A", ["203.0.113.7"])
+
+    with caplog.at_level(logging.WARNING, logger="trafficflip.providers.rfc2136"):
+        receipt = await provider.apply(plan)
+
+    assert named.values("www." + ZONE, "A") == {"198.51.100.1"}
+    assert receipt is not None and receipt.in_sync
+    drift = [r.getMessage() for r in caplog.records if r.getMessage().startswith("drift")]
+    assert drift == [
+        f"drift service=www zone={ZONE} expected=192.0.2.1,192.0.2.2 found=203.0.113.7"
+    ]
+
+
+async def test_a_hand_edit_is_seen_by_the_next_read(
+    named: Named, provider: Rfc2136Provider
+) -> None:
+    svc = service()
+    await converge(provider, [svc], {"primary": 100})
+    assert (await provider.read([svc]))["www"][0].targets == {"192.0.2.1", "192.0.2.2"}
+    named.replace("www." + ZONE, "A", ["203.0.113.7"])
+    assert (await provider.read([svc]))["www"][0].targets == {"203.0.113.7"}
+
+
+async def test_the_journal_keeps_the_change_across_a_restart(
+    named: Named, provider: Rfc2136Provider
+) -> None:
+    svc = service()
+    await converge(provider, [svc], {"standby": 100})
+    serial = named.serial()
+    named.stop()
+    named.start()
+    assert named.values("www." + ZONE, "A") == {"198.51.100.1"}
+    assert named.serial() == serial
+    assert not await converge(provider, [svc], {"standby": 100})
+
+
+async def test_confirm_waits_for_every_verify_server(named: Named, tmp_path: Path) -> None:
+    # A second server with its own copy of the zone never sees the update: it lags.
+    behind = Named(tmp_path / "behind").start()
+    try:
+        provider = provider_for(named, verify=[named.address, behind.address])
+        plan = await converge_plan(provider, [service()], {"primary": 100})
+        receipt = await provider.apply(plan)
+        assert receipt is not None and not receipt.in_sync
+        assert receipt.change_ids == (f"{ZONE}@{named.serial()}",)
+        assert await provider_for(named).confirm(receipt)
+        assert not await provider.confirm(receipt)
+    finally:
+        behind.stop()
+
+
+async def converge_plan(
+    provider: Rfc2136Provider, services: Sequence[ServiceConfig], shares: dict[str, int]
+) -> Plan:
+    actual = await provider.read(services)
+    return plan_services((s, render(s, shares, weighted=False), actual[s.name]) for s in services)
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def test_the_secret_comes_from_the_environment_and_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = new_secret()
+    monkeypatch.setenv("TRAFFICFLIP_PROVIDERS__BIND__TSIG__SECRET", secret)
+    data = {
+        "providers": {"bind": {"type": "rfc2136", "server": "127.0.0.1", "tsig": {"name": "k."}}},
+    }
+    config = load_config(data=data).providers["bind"].config
+    assert isinstance(config, Rfc2136Config) and config.tsig is not None
+    assert config.tsig.secret is not None and config.tsig.secret.get_secret_value() == secret
+    assert secret not in repr(config) and secret not in str(config.model_dump())
+    assert config.timeout == 2.0 and config.tsig.algorithm == "hmac-sha256"
+    provider = Rfc2136Provider.create("bind", config)
+    assert provider.server.port == 53 and provider.verify == [provider.server]
+
+
+def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "tsig.key"
+    path.write_text(new_secret() + "\n")
+    tsig = {"name": "k.", "secret_file": str(path)}
+    config = Rfc2136Config(type="rfc2136", server="127.0.0.1:5353", tsig=tsig)  # type: ignore[arg-type]
+    assert Rfc2136Provider.create("bind", config).client.key is not None
+    path.unlink()
+    with pytest.raises(ConfigError, match="providers.bind.tsig.secret_file: cannot read"):
+        Rfc2136Provider.create("bind", config)
+
+
+@pytest.mark.parametrize(
+    ("tsig", "problem"),
+    [
+        ({"name": "k."}, "set exactly one of secret"),
+        ({"name": "k.", "secret": "not base64!"}, "not valid base64"),
+        ({"name": "k.", "secret": new_secret(), "algorithm": "rot13"}, "algorithm"),
+    ],
+)
+def test_tsig_problems_are_config_errors(
+    monkeypatch: pytest.MonkeyPatch, tsig: dict[str, str], problem: str
+) -> None:
+    monkeypatch.delenv("TRAFFICFLIP_PROVIDERS__BIND__TSIG__SECRET", raising=False)
+    data = {"providers": {"bind": {"type": "rfc2136", "server": "127.0.0.1", "tsig": tsig}}}
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_config(data=data)
+    assert all("not base64!" not in p for p in caught.value.problems)
+
+
+def test_a_cname_at_the_zone_apex_is_a_config_problem() -> None:
+    svc = service(rtype="CNAME", record=ZONE)
+    config = Rfc2136Config(type="rfc2136", server="127.0.0.1")
+    assert Rfc2136Provider.validate_service(svc, config) == [
+        ("record", "a CNAME cannot be at the zone apex (it holds SOA and NS)")
+    ]
+    assert Rfc2136Provider.validate_service(service(), config) == []
