@@ -107,11 +107,14 @@ class Rfc2136Config(BaseModel):
         split_host_port(value, DNS_PORT)
         return value
 
-    @field_validator("verify")
+    @field_validator("verify", mode="before")
     @classmethod
-    def _verify(cls, values: list[str]) -> list[str]:
-        for value in values:
-            split_host_port(value, DNS_PORT)
+    def _verify(cls, values: Any) -> Any:
+        # An environment variable arrives as one string: "a:53,b:53".
+        if isinstance(values, str):
+            values = [v for v in values.replace(",", " ").split() if v]
+        for value in values if isinstance(values, list) else []:
+            split_host_port(str(value), DNS_PORT)
         return values
 
 

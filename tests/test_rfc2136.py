@@ -299,6 +299,7 @@ def test_the_secret_comes_from_the_environment_and_is_never_shown(
 ) -> None:
     secret = new_secret()
     monkeypatch.setenv("TRAFFICFLIP_PROVIDERS__BIND__TSIG__SECRET", secret)
+    monkeypatch.setenv("TRAFFICFLIP_PROVIDERS__BIND__VERIFY", "127.0.0.2:5353, [::1]")
     data = {
         "providers": {"bind": {"type": "rfc2136", "server": "127.0.0.1", "tsig": {"name": "k."}}},
     }
@@ -308,7 +309,8 @@ def test_the_secret_comes_from_the_environment_and_is_never_shown(
     assert secret not in repr(config) and secret not in str(config.model_dump())
     assert config.timeout == 2.0 and config.tsig.algorithm == "hmac-sha256"
     provider = Rfc2136Provider.create("bind", config)
-    assert provider.server.port == 53 and provider.verify == [provider.server]
+    assert provider.server.port == 53
+    assert [str(v) for v in provider.verify] == ["127.0.0.2:5353", "[::1]:53"]
 
 
 def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
