@@ -68,6 +68,16 @@ TSIG_ERRORS: dict[type[Exception], str] = {
     dns.tsig.PeerBadTruncation: "BADTRUNC",
     dns.tsig.BadSignature: "BADSIG",
 }
+# What an operator should look at, by rcode or TSIG error.
+HINTS = {
+    "BADSIG": "the server rejected the signature (wrong secret or algorithm)",
+    "BADKEY": "the server does not know this key name",
+    "BADTIME": "the clocks of this host and the server differ too much",
+    "REFUSED": "the server does not allow this update or query (unsigned or wrong key?)",
+    "NOTAUTH": "the server is not authoritative for the zone or rejected the key",
+    "NOTZONE": "a record is outside the zone the update names",
+    "SERVFAIL": "the server failed to process the request (see its log)",
+}
 Algorithm = Literal[
     "hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5"
 ]
@@ -175,8 +185,9 @@ class DnsClient:
             raise TransientProviderError(f"rfc2136 {where}: {text}", kind="network") from exc
         except tuple(TSIG_ERRORS) as exc:
             name = TSIG_ERRORS[type(exc)]
+            hint = HINTS.get(name, "the signature was not accepted")
             raise PermanentProviderError(
-                f"rfc2136 {where}: TSIG error {name}: {_tsig_hint(name)}", kind=name
+                f"rfc2136 {where}: TSIG error {name}: {hint}", kind=name
             ) from exc
         except dns.exception.DNSException as exc:
             raise PermanentProviderError(f"rfc2136 {where}: {exc}", kind="FORMERR") from exc
@@ -191,14 +202,6 @@ async def _resolve(host: str) -> str:
         pass
     infos = await asyncio.get_running_loop().getaddrinfo(host, None)
     return str(infos[0][4][0])
-
-
-def _tsig_hint(name: str) -> str:
-    return {
-        "BADSIG": "the server rejected the signature (wrong secret or algorithm)",
-        "BADKEY": "the server does not know this key name",
-        "BADTIME": "the clocks of this host and the server differ too much",
-    }.get(name, "the signature was not accepted")
 
 
 class Rfc2136Provider(Provider):
@@ -313,7 +316,7 @@ class Rfc2136Provider(Provider):
         name = dns.rcode.to_text(rcode)
         return PermanentProviderError(
             f"rfc2136 {what} server={endpoint} zone={zone} key={self.client.key_name}: "
-            f"{name}: {_rcode_hint(name)}",
+            f"{name}: {HINTS.get(name, 'the server refused the request')}",
             kind=name,
         )
 
@@ -550,13 +553,8 @@ async def _bounded(calls: Iterable[Awaitable[T]], limit: int) -> list[T]:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(run(call)) for call in calls]
     except BaseExceptionGroup as errors:
-        raise _first(errors) from None
+        raise errors.exceptions[0] from None  # the group's tasks are plain, never groups
     return [task.result() for task in tasks]
-
-
-def _first(errors: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = errors.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _zone(service: ServiceConfig) -> str:
@@ -601,12 +599,3 @@ def _serial_reached(have: int, want: int) -> bool:
 
 def _show(answer: Answer | None) -> str:
     return ",".join(sorted(answer.targets)) if answer else "(none)"
-
-
-def _rcode_hint(name: str) -> str:
-    return {
-        "REFUSED": "the server does not allow this update or query (unsigned or wrong key?)",
-        "NOTAUTH": "the server is not authoritative for the zone or rejected the key",
-        "NOTZONE": "a record is outside the zone the update names",
-        "SERVFAIL": "the server failed to process the request (see its log)",
-    }.get(name, "the server refused the request")
