@@ -52,8 +52,11 @@ T = TypeVar("T")
 DNS_PORT = 53
 # A DNS message over TCP is prefixed by a 16-bit length.
 MAX_MESSAGE = 65535
-# Header, zone section and a TSIG record with a SHA-512 MAC fit well inside this.
-MESSAGE_OVERHEAD = 512
+# Header, zone section and a TSIG record (names up to 255 bytes, a SHA-512 MAC) fit in this.
+MESSAGE_OVERHEAD = 1024
+# Answers are trusted while the serial holds (every dynamic update moves it), but a server
+# that changes data without moving it (a zone file reloaded unchanged) is caught this soon.
+CACHE_MAX_AGE = 300.0
 # BIND allows 150 TCP clients by default; a read uses a few connections at once.
 READ_CONCURRENCY = 8
 # A hand edit racing our update costs one re-read; more rounds than this means a fight.
@@ -154,6 +157,10 @@ class ZoneCache:
 
     serial: int
     answers: dict[tuple[str, str], tuple[Answer, ...]] = field(default_factory=dict)
+    since: float = field(default_factory=time.monotonic)
+
+    def age(self) -> float:
+        return time.monotonic() - self.since
 
 
 class DnsClient:
@@ -261,7 +268,7 @@ class Rfc2136Provider(Provider):
         # anything newer moves the serial, so the next read starts afresh.
         serial = await self._serial(self.server, zone)
         cache = self._cache.get(zone)
-        if cache is None or cache.serial != serial:
+        if cache is None or cache.serial != serial or cache.age() > CACHE_MAX_AGE:
             cache = self._cache[zone] = ZoneCache(serial)
         missing = [s for s in services if _rrset_key(s) not in cache.answers]
         found = await _bounded(
