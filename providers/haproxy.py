@@ -339,11 +339,11 @@ class HaproxyProvider(Provider):
             *(self._read_instance(api, backends) for api in self.apis), return_exceptions=True
         )
         problems: list[str] = []
-        for result in results:
+        for api, result in zip(self.apis, results, strict=True):
             if isinstance(result, BaseException):
                 problems.append(f"{key}: {result}")
             else:
-                problems.extend(f"{key}: {p}" for p in _missing("", services, result))
+                problems.extend(f"{key}: {p}" for p in _missing(api.label, services, result))
         return problems
 
 
@@ -362,7 +362,7 @@ def _weight(state: BackendState, backend: str, server: str) -> int | None:
 
 def _missing(label: str, services: Sequence[ServiceConfig], state: BackendState) -> list[str]:
     """Configured backends and servers an instance does not have."""
-    where = f"haproxy {label}: " if label else ""
+    where = f"haproxy {label}: "
     problems: list[str] = []
     for service in services:
         backend = str(service.backend)

@@ -37,7 +37,7 @@ frontend fe
     bind 127.0.0.1:{frontend_port}
     default_backend {backend}
 backend {backend}
-    balance roundrobin
+    balance {balance}
 {servers}
 """
 
@@ -72,6 +72,7 @@ class HaproxyServer:
         backend: str = BACKEND,
         tcp_api: bool = False,
         weight: int = 1,
+        balance: str = "roundrobin",
     ) -> None:
         require_haproxy()
         self.dir = Path(tempfile.mkdtemp(prefix="tf-haproxy-"))
@@ -79,6 +80,7 @@ class HaproxyServer:
         self.api_port = free_port() if tcp_api else None
         self.frontend_port = free_port()
         self.backend = backend
+        self.balance = balance
         self.config_path = self.dir / "haproxy.cfg"
         self.config_path.write_text(self._config(servers, weight), encoding="utf-8")
         self.process: Process | None = None
@@ -103,6 +105,7 @@ class HaproxyServer:
             tcp_socket=tcp,
             frontend_port=self.frontend_port,
             backend=self.backend,
+            balance=self.balance,
             servers=lines,
         )
 

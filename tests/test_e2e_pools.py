@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import boto3
 import pytest
@@ -186,7 +186,7 @@ def test_haproxy_restarted_mid_ramp_gets_its_weights_back(tmp_path: Path) -> Non
 
 class Elbv2Pool:
     def __init__(self, tmp_path: Path, moto: MotoServer) -> None:
-        self.elb = boto3.client("elbv2", region_name="us-east-1", **_credentials(moto))
+        self.elb = _client("elbv2", moto)
         self.groups, self.listener = _listener(moto)
         self.sites = {"primary": HttpSite().start(), "standby": HttpSite().start()}
         sites = {name: {self.groups[name]: http} for name, http in self.sites.items()}
@@ -211,18 +211,20 @@ class Elbv2Pool:
         self.elb.close()
 
 
-def _credentials(moto: MotoServer) -> dict[str, str]:
-    return {
-        "endpoint_url": moto.url,
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-    }
+def _client(name: Literal["ec2", "elbv2"], moto: MotoServer) -> Any:
+    return boto3.client(
+        name,
+        region_name="us-east-1",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def _listener(moto: MotoServer) -> tuple[dict[str, str], str]:
     """An ALB whose listener forwards to the primary's target group only."""
-    ec2 = boto3.client("ec2", region_name="us-east-1", **_credentials(moto))
-    elb = boto3.client("elbv2", region_name="us-east-1", **_credentials(moto))
+    ec2 = _client("ec2", moto)
+    elb = _client("elbv2", moto)
     vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
     subnets = [
         ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.1.{i}.0/24", AvailabilityZone=f"us-east-1{z}")

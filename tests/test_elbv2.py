@@ -11,10 +11,12 @@ import botocore.exceptions
 import pytest
 
 from providers.elbv2 import Elbv2Config, Elbv2Provider
+from tests.support import ROOT
 from trafficflip.errors import PermanentProviderError, TransientProviderError
 from trafficflip.model import Answer
 from trafficflip.plan import Change, Plan, diff, make_plan, render
 from trafficflip.settings import ServiceConfig
+from trafficflip.validation import load_config
 
 ACCOUNT_ARN = "arn:aws:elasticloadbalancing:us-east-1:123456789012"
 STICKY = {"Enabled": True, "DurationSeconds": 300}
@@ -225,6 +227,11 @@ async def test_throttling_is_transient() -> None:
     with pytest.raises(TransientProviderError, match="Throttling: Rate exceeded") as caught:
         await p.read([service])
     assert caught.value.kind == "Throttling"
+
+
+def test_the_example_config_is_valid() -> None:
+    config = load_config(str(ROOT / "config" / "elbv2.yaml"))
+    assert [bool(s.listener_arn) for s in config.services] == [True, False]
 
 
 def test_validate_service_checks_arn_forms_and_regions() -> None:

@@ -168,9 +168,10 @@ async def test_missing_backend_or_server_is_a_clear_permanent_error(
     with pytest.raises(PermanentProviderError, match="has no server a9"):
         await provider.read([missing])
     problems = await provider.check_live([make_service(backend="nope"), missing])
+    where = f"providers.lb: haproxy {haproxy.socket}: service www:"
     assert problems == [
-        "providers.lb: service www: no backend 'nope'",
-        "providers.lb: service www: backend be has no server a9 (it has: a1, a2, b1, b2)",
+        f"{where} no backend 'nope'",
+        f"{where} backend be has no server a9 (it has: a1, a2, b1, b2)",
     ]
 
 
@@ -187,6 +188,23 @@ async def test_check_live_reports_an_unreachable_instance(tmp_path: Path) -> Non
     provider = provider_for({"socket": str(tmp_path / "gone.sock")})
     [problem] = await provider.check_live([make_service()])
     assert problem.startswith(f"providers.lb: haproxy {tmp_path / 'gone.sock'}:")
+
+
+async def test_a_static_algorithm_refusal_is_reported(http_sites: dict[str, HttpSite]) -> None:
+    static = HaproxyServer(http_sites, balance="static-rr").start()
+    try:
+        provider = provider_for({"socket": static.socket})
+        service = make_service()
+        plan = await plan_for(provider, service, {"primary": 25, "standby": 75})
+        with pytest.raises(PermanentProviderError, match="static LB algorithm"):
+            await provider.apply(plan)
+    finally:
+        static.close()
+
+
+def test_the_example_config_is_valid() -> None:
+    config = load_config(str(ROOT / "config" / "haproxy.yaml"))
+    assert [s.backend for s in config.services] == ["www"]
 
 
 def test_split_responses_keeps_one_answer_per_command() -> None:
