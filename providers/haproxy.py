@@ -17,8 +17,8 @@ import contextlib
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -29,6 +29,7 @@ from trafficflip.plan import Change, Plan
 from trafficflip.provider import Provider, Receipt
 from trafficflip.settings import ServiceConfig, split_host_port
 
+T = TypeVar("T")
 # HAProxy's own rule for proxy and server names; it also keeps ';' (the runtime API's command
 # separator), '/' (backend/server) and spaces out of the commands we build.
 HAPROXY_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -233,12 +234,9 @@ class HaproxyProvider(Provider):
         self, backends: list[str]
     ) -> tuple[dict[str, BackendState], dict[str, str]]:
         """Every instance's state, and the reason for each instance that did not answer."""
-        results = await asyncio.gather(
-            *(self._read_instance(api, backends) for api in self.apis), return_exceptions=True
-        )
         states: dict[str, BackendState] = {}
         unreachable: dict[str, str] = {}
-        for api, result in zip(self.apis, results, strict=True):
+        for api, result in await self._everywhere(lambda api: self._read_instance(api, backends)):
             if isinstance(result, TransientProviderError):
                 unreachable[api.label] = str(result)
             elif isinstance(result, BaseException):
@@ -292,11 +290,9 @@ class HaproxyProvider(Provider):
         """
         writes = _writes(plan)
         commands = [f"set server {be}/{srv} weight {w}" for be, srv, w in writes]
-        results = await asyncio.gather(
-            *(api.run(commands) for api in self.apis), return_exceptions=True
-        )
+        results = await self._everywhere(lambda api: api.run(commands))
         self._written.update({(be, srv): w for be, srv, w in writes})
-        refused, unreachable = self._outcomes(commands, results)
+        refused, unreachable = _outcomes(commands, results)
         self.lagging_instances = tuple(unreachable)
         if refused:
             raise PermanentProviderError("; ".join(refused), kind="refused")
@@ -311,40 +307,46 @@ class HaproxyProvider(Provider):
         ids = tuple(f"{s.backend}@{submitted:.3f}" for s in plan.services)
         return Receipt(self.name, ids, submitted, in_sync=True)
 
-    def _outcomes(
-        self, commands: list[str], results: Sequence[list[str] | BaseException]
-    ) -> tuple[list[str], dict[str, str]]:
-        refused: list[str] = []
-        unreachable: dict[str, str] = {}
-        for api, result in zip(self.apis, results, strict=True):
-            if isinstance(result, TransientProviderError):
-                unreachable[api.label] = str(result).removeprefix(f"haproxy {api.label}: ")
-            elif isinstance(result, ProviderError):
-                refused.append(str(result))
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                refused.extend(
-                    f"haproxy {api.label}: {command}: {response}"
-                    for command, response in zip(commands, result, strict=True)
-                    if response.strip()
-                )
-        return refused, unreachable
+    async def _everywhere(
+        self, call: Callable[[RuntimeApi], Awaitable[T]]
+    ) -> list[tuple[RuntimeApi, T | BaseException]]:
+        """Run ``call`` on every instance at once: each instance's result or error."""
+        results = await asyncio.gather(*(call(api) for api in self.apis), return_exceptions=True)
+        return list(zip(self.apis, results, strict=True))
 
     async def check_live(self, services: Sequence[ServiceConfig]) -> list[str]:
         """Every instance answers and has each configured backend and server."""
         key = f"providers.{self.name}"
         backends = _backends(services)
-        results = await asyncio.gather(
-            *(self._read_instance(api, backends) for api in self.apis), return_exceptions=True
-        )
         problems: list[str] = []
-        for api, result in zip(self.apis, results, strict=True):
+        for api, result in await self._everywhere(lambda api: self._read_instance(api, backends)):
             if isinstance(result, BaseException):
                 problems.append(f"{key}: {result}")
             else:
                 problems.extend(f"{key}: {p}" for p in _missing(api.label, services, result))
         return problems
+
+
+def _outcomes(
+    commands: list[str], results: Sequence[tuple[RuntimeApi, list[str] | BaseException]]
+) -> tuple[list[str], dict[str, str]]:
+    """HAProxy's refusals as text, and the reason each unreachable instance gave."""
+    refused: list[str] = []
+    unreachable: dict[str, str] = {}
+    for api, result in results:
+        if isinstance(result, TransientProviderError):
+            unreachable[api.label] = str(result).removeprefix(f"haproxy {api.label}: ")
+        elif isinstance(result, ProviderError):
+            refused.append(str(result))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            refused.extend(
+                f"haproxy {api.label}: {command}: {response}"
+                for command, response in zip(commands, result, strict=True)
+                if response.strip()
+            )
+    return refused, unreachable
 
 
 def _backends(services: Sequence[ServiceConfig]) -> list[str]:

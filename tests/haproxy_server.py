@@ -11,7 +11,6 @@ import socket
 import tempfile
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,17 +39,6 @@ backend {backend}
     balance {balance}
 {servers}
 """
-
-
-def logged_process(args: list[str], log: Path) -> Process:
-    """``Process(args, log=log)``, minus the ResourceWarning of the log file it leaves open.
-
-    ``tests.support.Process`` never closes its log file (the child keeps its own copy), and
-    ``filterwarnings = error`` turns the warning into a test error.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        return Process(args, log=log)
 
 
 def require_haproxy() -> None:
@@ -111,7 +99,7 @@ class HaproxyServer:
 
     def start(self) -> HaproxyServer:
         args = [HAPROXY, "-db", "-f", str(self.config_path)]
-        self.process = logged_process(args, self.dir / "haproxy.log")
+        self.process = Process(args, log=self.dir / "haproxy.log")
         wait_until(self._answers, timeout=10, what="haproxy's stats socket")
         return self
 

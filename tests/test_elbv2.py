@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 import botocore.exceptions
 import pytest
+import yaml
 
 from providers.elbv2 import Elbv2Config, Elbv2Provider
-from tests.support import ROOT
+from tests.support import ROOT, trafficflip_command
 from trafficflip.errors import PermanentProviderError, TransientProviderError
 from trafficflip.model import Answer
 from trafficflip.plan import Change, Plan, diff, make_plan, render
@@ -264,3 +267,26 @@ def test_more_target_groups_than_a_forward_action_holds() -> None:
     assert Elbv2Provider.validate_service(service, Elbv2Config(type="elbv2")) == [
         ("sites", "a forward action holds at most 5 target groups, the sites name 6")
     ]
+
+
+def test_check_config_live_names_a_missing_target_group(aws: Aws, tmp_path: Path) -> None:
+    listener = aws.listener({aws.groups["primary"]: 1})
+    gone = f"{ACCOUNT_ARN}:targetgroup/gone/0123456789abcdef"
+    service = make_service(
+        {"primary": [aws.groups["primary"]], "standby": [gone]}, listener_arn=listener
+    )
+    data = {
+        "providers": {"alb": {"type": "elbv2"}},
+        "services": [service.model_dump(mode="json", exclude_none=True)],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = subprocess.run(
+        trafficflip_command("check-config", "--config", str(path), "--live"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result
+    assert f"providers.alb: no target group {gone}" in result.stdout

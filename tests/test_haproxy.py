@@ -255,19 +255,29 @@ def test_a_service_without_backend_is_a_config_error() -> None:
     ]
 
 
-@pytest.mark.skipif(
-    not (ROOT / "trafficflip" / "cli.py").exists(), reason="the CLI is not written yet"
-)
-def test_check_config_exits_2_without_socket_or_address(tmp_path: Path) -> None:
+def check_config(tmp_path: Path, data: dict[str, Any], *flags: str) -> tuple[int, str]:
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config_data({"type": "haproxy"})), encoding="utf-8")
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
     result = subprocess.run(
-        trafficflip_command("check-config", "--config", str(path)),
+        trafficflip_command("check-config", "--config", str(path), *flags),
         capture_output=True,
         text=True,
         timeout=30,
         cwd=tmp_path,
     )
-    assert result.returncode == 2, result
-    assert "providers.lb: needs the runtime API" in result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_check_config_live_names_a_missing_server(haproxy: HaproxyServer, tmp_path: Path) -> None:
+    data = config_data({"type": "haproxy", "socket": haproxy.socket})
+    data["services"][0]["sites"][1]["targets"] = ["b1", "b7"]
+    code, output = check_config(tmp_path, data, "--live")
+    assert code == 1, output
+    assert f"haproxy {haproxy.socket}: service www: backend be has no server b7" in output
+
+
+def test_check_config_exits_2_without_socket_or_address(tmp_path: Path) -> None:
+    code, output = check_config(tmp_path, config_data({"type": "haproxy"}))
+    assert code == 2, output
+    assert "providers.lb: needs the runtime API" in output
