@@ -3,57 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 from trafficflip.engine import Engine
 from trafficflip.errors import PermanentProviderError, TransientProviderError
 from trafficflip.model import Answer, ProbeResult
-from trafficflip.plan import Plan
-from trafficflip.provider import Provider, Receipt
-from trafficflip.settings import ServiceConfig
 from trafficflip.state import SqliteStateStore
+from trafficflip.testing import MemoryConfig, MemoryProvider
 from trafficflip.validation import Config, ProviderSpec, load_config
-
-
-class MemoryConfig(BaseModel):
-    type: str = "memory"
-
-
-class MemoryProvider(Provider):
-    """Holds answers in a dict; ``fail`` makes the next calls raise."""
-
-    TYPE = "memory"
-    Config = MemoryConfig
-
-    def __init__(self) -> None:
-        super().__init__("mem", MemoryConfig())
-        self.answers: dict[str, dict[str | None, Answer]] = {}
-        self.fail: Callable[[], Exception] | None = None
-        self.applies = 0
-
-    async def read(self, services: Sequence[ServiceConfig]) -> Mapping[str, tuple[Answer, ...]]:
-        if self.fail:
-            raise self.fail()
-        return {s.name: tuple(self.answers.get(s.name, {}).values()) for s in services}
-
-    async def _apply(self, plan: Plan) -> Receipt:
-        if self.fail:
-            raise self.fail()
-        self.applies += 1
-        for change in plan.changes:
-            held = self.answers.setdefault(change.service.name, {})
-            if change.after is None:
-                held.pop(change.before.site if change.before else None, None)
-            else:
-                held[change.after.site] = change.after
-        return Receipt("mem", (f"c{self.applies}",), 0.0)
-
-    def weights(self, service: str = "www") -> dict[str | None, int | None]:
-        return {site: a.weight for site, a in self.answers.get(service, {}).items()}
 
 
 def config(services: int = 1) -> Config:
@@ -130,7 +90,7 @@ async def test_no_change_until_every_site_finished_its_rise_probes() -> None:
     assert rig.provider.applies == 0
     rig.probe("dr", True)
     await rig.settle()
-    assert rig.provider.weights() == {"primary": 100, "dr": 0}
+    assert rig.provider.weights("www") == {"primary": 100, "dr": 0}
 
 
 async def test_failover_is_applied_in_the_tick_the_site_turns_down() -> None:
@@ -139,10 +99,10 @@ async def test_failover_is_applied_in_the_tick_the_site_turns_down() -> None:
     await rig.settle()
     rig.probe("primary", False, times=1)
     await rig.settle()
-    assert rig.provider.weights() == {"primary": 100, "dr": 0}  # one failure is not enough
+    assert rig.provider.weights("www") == {"primary": 100, "dr": 0}  # one failure is not enough
     rig.probe("primary", False, times=1)
     await rig.settle()
-    assert rig.provider.weights() == {"primary": 0, "dr": 100}
+    assert rig.provider.weights("www") == {"primary": 0, "dr": 100}
 
 
 async def test_a_transient_failure_keeps_the_pending_failover_and_retries_it() -> None:
@@ -157,7 +117,7 @@ async def test_a_transient_failure_keeps_the_pending_failover_and_retries_it() -
     assert rig.engine.provider_status["mem"].ok is False
     rig.provider.fail = None
     # No new probe result: the engine's own retry lands it.
-    await until(lambda: rig.provider.weights() == {"primary": 0, "dr": 100})
+    await until(lambda: rig.provider.weights("www") == {"primary": 0, "dr": 100})
     assert rig.engine.provider_status["mem"].ok
 
 
@@ -181,7 +141,7 @@ async def test_a_permanent_failure_is_not_hammered() -> None:
     assert "provider_error" in kinds
     rig.provider.fail = None
     await rig.engine.reconcile()  # the reconcile interval retries it
-    assert rig.provider.weights() == {"primary": 0, "dr": 100}
+    assert rig.provider.weights("www") == {"primary": 0, "dr": 100}
 
 
 async def test_reconcile_corrects_drift_and_journals_it() -> None:
@@ -190,7 +150,7 @@ async def test_reconcile_corrects_drift_and_journals_it() -> None:
     await rig.settle()
     rig.provider.answers["www"]["dr"] = Answer("dr", frozenset({"198.51.100.20"}), 100, 1)
     await rig.engine.reconcile()
-    assert rig.provider.weights() == {"primary": 100, "dr": 0}
+    assert rig.provider.weights("www") == {"primary": 100, "dr": 0}
     assert rig.store.journal("www")[-1].kind == "provider_change"
 
 
@@ -209,16 +169,16 @@ async def test_the_ramp_advances_only_after_the_step_was_applied_and_held() -> N
     rig = Rig()
     rig.probe("primary", False), rig.probe("dr", True)
     await rig.settle()
-    assert rig.provider.weights() == {"primary": 0, "dr": 100}
+    assert rig.provider.weights("www") == {"primary": 0, "dr": 100}
     rig.probe("primary", True)
     await rig.settle()
-    assert rig.provider.weights() == {"primary": 50, "dr": 50}
+    assert rig.provider.weights("www") == {"primary": 50, "dr": 50}
     rig.now += 0.5
     await rig.engine.tick()
-    assert rig.provider.weights() == {"primary": 50, "dr": 50}
+    assert rig.provider.weights("www") == {"primary": 50, "dr": 50}
     rig.now += 0.5
     await rig.engine.tick()
-    assert rig.provider.weights() == {"primary": 100, "dr": 0}
+    assert rig.provider.weights("www") == {"primary": 100, "dr": 0}
 
 
 @pytest.mark.parametrize("command", ["hold"])
@@ -233,7 +193,7 @@ async def test_commands_from_the_store_are_taken_on_tick(command: str) -> None:
     assert "has no site 'mars'" in (rig.store.command_result(bad_id) or "")
     rig.probe("primary", False)
     await rig.settle()
-    assert rig.provider.weights() == {"primary": 100, "dr": 0}  # held
+    assert rig.provider.weights("www") == {"primary": 100, "dr": 0}  # held
     assert "hold: automatic changes frozen (change window) by cli" in [
         e.message for e in rig.store.journal("www")
     ]

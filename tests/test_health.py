@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from trafficflip.health import CheckHealth, observe, site_health
 from trafficflip.model import ProbeResult, Status
 
@@ -11,9 +13,7 @@ def feed(results: list[ProbeResult], *, rise: int = 2, fall: int = 3) -> list[St
     health = CheckHealth()
     statuses = []
     for at, result in enumerate(results):
-        health = observe(
-            health, ProbeResult(result.ok, result.reason, 0.0, at), rise=rise, fall=fall
-        )
+        health = observe(health, replace(result, at=at), rise=rise, fall=fall)
         statuses.append(health.status)
     return statuses
 
@@ -54,3 +54,15 @@ def test_site_health_all_and_any() -> None:
     assert site_health([up, unknown]).status is Status.UNKNOWN
     assert site_health([up, up]).status is Status.UP
     assert site_health([down, down], "any").status is Status.DOWN
+
+
+def test_inconclusive_results_count_neither_way() -> None:
+    unsure = ProbeResult(False, "inconclusive: prober overloaded", 0.3, 0, inconclusive=True)
+    assert feed([OK, OK, FAIL, unsure, unsure, FAIL]) == [
+        Status.UNKNOWN,
+        Status.UP,
+        Status.UP,
+        Status.UP,
+        Status.UP,
+        Status.UP,
+    ]

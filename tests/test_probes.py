@@ -144,3 +144,25 @@ async def test_dns_timeout(prober: Prober) -> None:
         assert (await prober.probe(check, 0.2)).reason == "timeout"
     finally:
         sock.close()
+
+
+async def test_a_timeout_while_our_loop_was_stalled_is_inconclusive(
+    prober: Prober, silent_server: str
+) -> None:
+    import asyncio
+    import time
+
+    check = http_check(f"http://{silent_server}/healthz")
+    await prober.probe(check, 0.2)  # starts the loop monitor
+
+    async def stall() -> None:
+        await asyncio.sleep(0.01)
+        time.sleep(0.3)  # a CPU-bound stretch of our own, as under overload
+
+    stalling = asyncio.ensure_future(stall())
+    result = await prober.probe(check, 0.2)
+    await stalling
+    assert result.inconclusive and result.reason.startswith("inconclusive: prober overloaded")
+    # Without a stall the same timeout is the site's fault.
+    result = await prober.probe(check, 0.2)
+    assert (result.ok, result.inconclusive, result.reason) == (False, False, "timeout")

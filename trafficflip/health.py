@@ -36,6 +36,8 @@ class CheckHealth:
 
 def observe(health: CheckHealth, result: ProbeResult, *, rise: int, fall: int) -> CheckHealth:
     """Fold one probe result into the check's health (pure)."""
+    if result.inconclusive:
+        return replace(health, last=result)
     streak = health.streak + 1 if result.ok == health.streak_ok and health.probes else 1
     updated = replace(
         health, streak_ok=result.ok, streak=streak, probes=health.probes + 1, last=result

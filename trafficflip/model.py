@@ -17,12 +17,17 @@ class Status(StrEnum):
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe's outcome. ``reason`` is short and stable enough to count by."""
+    """One probe's outcome. ``reason`` is short and stable enough to count by.
+
+    An ``inconclusive`` result (a timeout while trafficflip's own event loop was overloaded)
+    says nothing about the site and counts neither way.
+    """
 
     ok: bool
     reason: str
     latency: float
     at: float
+    inconclusive: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import asyncio
 import re
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 
 import dns.asyncquery
@@ -26,6 +27,43 @@ from trafficflip.settings import Check, DnsCheck, HttpCheck, TcpCheck, split_hos
 # Bodies are matched on a bounded prefix: a health page is small, a misrouted one may not be.
 MAX_BODY = 64 * 1024
 USER_AGENT = "trafficflip-probe"
+# A timeout during which our own event loop stalled this share of the timeout is ours.
+OVERLOAD_FRACTION = 0.25
+HEARTBEAT = 0.05
+
+
+class LoopMonitor:
+    """Measures how late the event loop runs a periodic heartbeat (its scheduling lag)."""
+
+    def __init__(self, keep: float = 60.0) -> None:
+        self._samples: deque[tuple[float, float]] = deque()
+        self._keep = keep
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._beat())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _beat(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(HEARTBEAT)
+            now = time.monotonic()
+            self._samples.append((now, now - before - HEARTBEAT))
+            while self._samples and self._samples[0][0] < now - self._keep:
+                self._samples.popleft()
+
+    def worst_lag(self, since: float) -> float:
+        """The largest lateness of a heartbeat that ended after ``since``; a heartbeat still
+        pending counts for how late it already is."""
+        done = [lag for at, lag in self._samples if at >= since]
+        last = self._samples[-1][0] if self._samples else since
+        pending = time.monotonic() - max(last, since) - HEARTBEAT
+        return max([*done, pending, 0.0])
 
 
 class Prober:
@@ -33,9 +71,11 @@ class Prober:
 
     def __init__(self, clock: Callable[[], float] = time.time, max_connections: int = 1000) -> None:
         self.clock = clock
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
+        self.loop_monitor = LoopMonitor()
+        # Every probe opens a fresh connection, as HAProxy's and Route53's checks do: a kept-
+        # alive socket can outlive a listener that no longer accepts. It also keeps httpcore's
+        # pool (scanned on every request) as small as the probes in flight.
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=0)
         headers = {"User-Agent": USER_AGENT}
         self._clients = {
             verify: httpx.AsyncClient(
@@ -45,11 +85,13 @@ class Prober:
         }
 
     async def close(self) -> None:
+        self.loop_monitor.stop()
         for client in self._clients.values():
             await client.aclose()
 
     async def probe(self, check: Check, timeout: float) -> ProbeResult:
         """Run ``check`` once; the result says why it failed. Never raises."""
+        self.loop_monitor.ensure_running()
         started = time.monotonic()
         try:
             reason = await asyncio.wait_for(self._run(check, timeout), timeout)
@@ -61,6 +103,12 @@ class Prober:
         if reason is None and isinstance(check, HttpCheck) and check.max_latency is not None:
             if latency > check.max_latency:
                 reason = f"slow {latency * 1000:.0f}ms > {check.max_latency * 1000:.0f}ms"
+        if reason is not None and reason.startswith(("timeout", "slow")):
+            lag = self.loop_monitor.worst_lag(since=started)
+            if lag > timeout * OVERLOAD_FRACTION:
+                # Our own loop was too busy to read the answer: that is not the site's fault.
+                reason = f"inconclusive: prober overloaded (loop lag {lag * 1000:.0f}ms)"
+                return ProbeResult(False, reason, latency, self.clock(), inconclusive=True)
         return ProbeResult(reason is None, reason or "ok", latency, self.clock())
 
     async def _run(self, check: Check, timeout: float) -> str | None:
