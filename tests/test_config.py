@@ -282,3 +282,11 @@ def test_durations() -> None:
 def test_example_configs_are_valid() -> None:
     for path in sorted((ROOT / "config").glob("route53*.yaml")):
         load_config(str(path))
+
+
+def test_targets_are_canonical_so_they_compare_with_what_servers_return() -> None:
+    data = mutate(S + "type", "AAAA")
+    data["services"][0]["sites"][0]["targets"] = ["2001:DB8:0::1"]
+    data["services"][0]["sites"][1]["targets"] = ["2001:db8::2"]
+    config = load_config(data=data)
+    assert config.services[0].sites[0].targets == ["2001:db8::1"]

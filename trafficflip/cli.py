@@ -121,7 +121,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         journal = [vars(e) for e in store.journal(limit=args.journal)]
         print(json.dumps({"services": rows, "journal": journal}, indent=2))
     else:
-        print(table(rows))
+        print(table(rows, now))
         for entry in store.journal(limit=args.journal):
             stamp = time.strftime("%H:%M:%S", time.localtime(entry.at))
             print(f"{stamp} {entry.service} {entry.kind}: {entry.message}")

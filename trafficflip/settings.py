@@ -51,6 +51,11 @@ def _as_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+def _canonical(target: str) -> str:
+    address = _as_ip(target)
+    return str(address) if address is not None else target.lower()
+
+
 class HttpCheck(Strict):
     type: Literal["http"]
     url: str
@@ -186,6 +191,18 @@ class ServiceConfig(Strict):
     backend: str | None = None  # haproxy
     listener_arn: str | None = None  # elbv2
     rule_arn: str | None = None  # elbv2
+
+    @model_validator(mode="after")
+    def _canonical_targets(self) -> ServiceConfig:
+        # Servers answer in canonical form (RFC 5952 IPv6, lower-case names): a target
+        # written otherwise would never compare equal and be rewritten at every reconcile.
+        if self.type is not None:
+            sites = [
+                s.model_copy(update={"targets": [_canonical(t) for t in s.targets]})
+                for s in self.sites
+            ]
+            object.__setattr__(self, "sites", sites)
+        return self
 
     def site(self, name: str) -> SiteConfig:
         return next(s for s in self.sites if s.name == name)

@@ -72,12 +72,17 @@ def service_status(
     }
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], now: float) -> str:
     """A fixed-width table: service, phase, shares per site, last change."""
     lines = [f"{'SERVICE':<16} {'PHASE':<34} {'SHARES':<32} CHANGE"]
     for row in rows:
         shares = " ".join(f"{site}={share}%" for site, share in row["shares"].items()) or "-"
         change = row["last_change"]
-        sync = "-" if change is None else ("in sync" if change["in_sync"] else "pending")
+        if change is None:
+            sync = "-"
+        elif change["in_sync"]:
+            sync = "in sync"
+        else:
+            sync = f"lagging {format_duration(max(0.0, now - change['submitted_at']))}"
         lines.append(f"{row['name']:<16} {row['phase']:<34} {shares:<32} {sync}")
     return "\n".join(lines)
