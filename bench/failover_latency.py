@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import random
 import statistics
 import sys
@@ -27,10 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import boto3  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
-
-from trafficflip.demo import DemoSite  # noqa: E402
+from trafficflip.demo import DemoSite, local_route53  # noqa: E402
 from trafficflip.engine import Engine  # noqa: E402
 from trafficflip.model import Status  # noqa: E402
 from trafficflip.plan import Plan  # noqa: E402
@@ -130,18 +126,7 @@ def main() -> int:
     parser.add_argument("--fall", type=int, default=3)
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-            "AWS_ACCESS_KEY_ID": "b",
-            "AWS_SECRET_ACCESS_KEY": "b",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    )
-    boto3.client("route53").create_hosted_zone(Name="bench.example.", CallerReference="b")
+    moto = local_route53("bench.example.")
     primary, dr = DemoSite(), DemoSite()
     with tempfile.TemporaryDirectory() as folder:
         config = load_config(

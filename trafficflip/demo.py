@@ -157,7 +157,9 @@ async def _run(config: Config, primary: DemoSite) -> None:
     store.close()
 
 
-def run_demo() -> int:
+def local_route53(zone: str) -> Any:
+    """Start moto's server on a loopback port, point this process's AWS clients at it and
+    create ``zone``. Returns the server (``stop()`` it); moto is only a test dependency."""
     from moto.server import ThreadedMotoServer
 
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -166,12 +168,18 @@ def run_demo() -> int:
     os.environ.update(
         {
             "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-            "AWS_ACCESS_KEY_ID": "demo",
-            "AWS_SECRET_ACCESS_KEY": "demo",
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
     )
-    boto3.client("route53").create_hosted_zone(Name=ZONE, CallerReference=str(time.time()))
+    boto3.client("route53").create_hosted_zone(Name=zone, CallerReference=str(time.time()))
+    return moto
+
+
+def run_demo() -> int:
+    moto = local_route53(ZONE)
+    host, port = moto.get_host_and_port()
     primary, dr = DemoSite(), DemoSite()
     setup_logging("INFO")
     print(
