@@ -26,7 +26,7 @@ import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
 from trafficflip.durations import Duration
-from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.errors import PermanentProviderError, ProviderError, TransientProviderError
 from trafficflip.model import Answer
 from trafficflip.plan import Plan
 from trafficflip.provider import Provider, Receipt
@@ -138,15 +138,19 @@ class Elbv2Provider(Provider):
 
         A site none of whose groups is in the action has no answer (the plan creates it); a
         site whose groups hold different weights is read with weight ``None``, which no
-        desired answer has. A missing listener or rule raises ``PermanentProviderError``.
+        desired answer has. A missing listener or rule, or one without a forward action, maps
+        to ``()``: the apply names it, and the other services still flip.
         """
         actions = await self._actions(services)
-        return {s.name: _answers(s, _weights(s, actions[s.name])) for s in services}
+        return {
+            s.name: _answers(s, _forward_weights(actions[s.name])) if s.name in actions else ()
+            for s in services
+        }
 
     async def _actions(
         self, services: Sequence[ServiceConfig]
     ) -> dict[str, list[ActionOutputTypeDef]]:
-        """Each service's current action list: listeners in one call, rules in another."""
+        """Each found service's current action list: listeners in one call, rules in another."""
         listeners = [s for s in services if s.listener_arn is not None]
         rules = [s for s in services if s.listener_arn is None]
         found: dict[str, list[ActionOutputTypeDef]] = {}
@@ -154,24 +158,23 @@ class Elbv2Provider(Provider):
             found.update(await self._describe(listeners, "DescribeListeners"))
         if rules:
             found.update(await self._describe(rules, "DescribeRules"))
-        return {s.name: found[_arn(s)] for s in services}
+        return {s.name: found[_arn(s)] for s in services if _arn(s) in found}
 
     async def _describe(
         self, services: Sequence[ServiceConfig], what: str
     ) -> dict[str, list[ActionOutputTypeDef]]:
         arns = sorted({_arn(s) for s in services})
         try:
-            found = await self._describe_arns(arns, what)
+            return await self._describe_arns(arns, what)
         except PermanentProviderError as exc:
-            if exc.kind not in NOT_FOUND or len(arns) == 1:
-                raise self._not_found(services, exc) from exc
-            # AWS fails the whole call for one unknown ARN: ask one by one to name it.
-            found = {}
-            for arn in arns:
-                found.update(await self._describe([s for s in services if _arn(s) == arn], what))
-        missing = [s for s in services if _arn(s) not in found]
-        if missing:
-            raise self._not_found(missing, None)
+            if exc.kind not in NOT_FOUND:
+                raise
+            if len(arns) == 1:
+                return {}
+        # AWS fails the whole call for one unknown ARN: ask one by one to keep the others.
+        found = {}
+        for arn in arns:
+            found.update(await self._describe([s for s in services if _arn(s) == arn], what))
         return found
 
     async def _describe_arns(self, arns: list[str], what: str) -> dict[str, list[Any]]:
@@ -182,14 +185,6 @@ class Elbv2Provider(Provider):
         rules = await self._call(what, self.client.describe_rules, RuleArns=arns)
         return {r["RuleArn"]: r.get("Actions", []) for r in rules["Rules"]}
 
-    def _not_found(
-        self, services: Sequence[ServiceConfig], cause: PermanentProviderError | None
-    ) -> PermanentProviderError:
-        if cause is not None and cause.kind not in NOT_FOUND:
-            return cause
-        names = "; ".join(f"service {s.name}: no {_kind(s)} {_arn(s)}" for s in services)
-        return PermanentProviderError(f"elbv2 {self.name}: {names}", kind="NotFound")
-
     # -- apply ------------------------------------------------------------------------------
 
     async def _apply(self, plan: Plan) -> Receipt:
@@ -197,43 +192,62 @@ class Elbv2Provider(Provider):
 
         The action list is read again just before the write (ModifyListener replaces the whole
         list) and sent back with only the sites' target group weights changed, so one call
-        moves all of a service's traffic at once and is idempotent.
+        moves all of a service's traffic at once and is idempotent. A service that fails does
+        not stop the others; the errors are raised together afterwards (permanent first).
         """
         actions = await self._actions(plan.services)
         arns: list[str] = []
+        errors: list[ProviderError] = []
         for service in plan.services:
-            weights = _planned_weights(plan, service)
-            new = _rewrite(service, actions[service.name], weights)
-            arn = _arn(service)
-            if service.listener_arn is not None:
-                await self._call(
-                    "ModifyListener",
-                    self.client.modify_listener,
-                    ListenerArn=arn,
-                    DefaultActions=new,
-                )
-            else:
-                await self._call("ModifyRule", self.client.modify_rule, RuleArn=arn, Actions=new)
-            arns.append(arn)
+            try:
+                await self._write(service, actions.get(service.name), plan)
+                arns.append(_arn(service))
+            except ProviderError as exc:
+                errors.append(exc)
+        if errors:
+            permanent = [e for e in errors if isinstance(e, PermanentProviderError)]
+            text = "; ".join(str(e) for e in errors)
+            if permanent:
+                raise PermanentProviderError(text, kind=permanent[0].kind)
+            raise TransientProviderError(text, kind=errors[0].kind)
         return Receipt(self.name, tuple(arns), time.time(), in_sync=True)
+
+    async def _write(
+        self, service: ServiceConfig, actions: list[ActionOutputTypeDef] | None, plan: Plan
+    ) -> None:
+        arn = _arn(service)
+        if actions is None:
+            raise PermanentProviderError(
+                f"elbv2 {self.name}: service {service.name}: no {_kind(service)} {arn}",
+                kind="NotFound",
+            )
+        new = _rewrite(service, actions, _planned_weights(plan, service))
+        if service.listener_arn is not None:
+            await self._call(
+                "ModifyListener", self.client.modify_listener, ListenerArn=arn, DefaultActions=new
+            )
+        else:
+            await self._call("ModifyRule", self.client.modify_rule, RuleArn=arn, Actions=new)
 
     async def check_live(self, services: Sequence[ServiceConfig]) -> list[str]:
         """Every listener, rule and target group exists; no foreign group takes traffic."""
         key = f"providers.{self.name}"
         try:
             actions = await self._actions(services)
+            problems = await self._missing_target_groups(services)
         except Exception as exc:  # reported, not raised: this is a diagnostic
             return [f"{key}: {exc}"]
-        problems = [f"{key}: {p}" for p in await self._missing_target_groups(services)]
         for service in services:
-            ours = {t for site in service.sites for t in site.targets}
-            for arn, weight in _forward_weights(actions[service.name]).items():
-                if arn not in ours and weight:
-                    problems.append(
-                        f"{key}: service {service.name}: target group {arn} (weight {weight}) "
-                        "is in the forward action but in no site: trafficflip does not steer it"
-                    )
-        return problems
+            if service.name not in actions:
+                problems.append(f"service {service.name}: no {_kind(service)} {_arn(service)}")
+                continue
+            try:
+                weights = _weights(service, actions[service.name])
+            except PermanentProviderError as exc:
+                problems.append(str(exc))
+                continue
+            problems.extend(_foreign(service, weights))
+        return [f"{key}: {p}" for p in problems]
 
     async def _missing_target_groups(self, services: Sequence[ServiceConfig]) -> list[str]:
         wanted = sorted({t for s in services for site in s.sites for t in site.targets})
@@ -261,6 +275,16 @@ def _arn(service: ServiceConfig) -> str:
 
 def _kind(service: ServiceConfig) -> str:
     return "listener" if service.listener_arn is not None else "listener rule"
+
+
+def _foreign(service: ServiceConfig, weights: Mapping[str, int]) -> list[str]:
+    ours = {t for site in service.sites for t in site.targets}
+    return [
+        f"service {service.name}: target group {arn} (weight {weight}) is in the forward "
+        "action but in no site: trafficflip does not steer it"
+        for arn, weight in weights.items()
+        if arn not in ours and weight
+    ]
 
 
 def _object_problems(service: ServiceConfig, region: str | None) -> list[tuple[str, str]]:

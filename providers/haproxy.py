@@ -216,15 +216,12 @@ class HaproxyProvider(Provider):
         """One answer per configured site: the weight all its servers hold on every instance.
 
         A site whose servers or instances disagree, or with an instance unreachable, is read
-        with weight ``None``, which no desired answer has: the plan rewrites it. Missing
-        backends or servers raise ``PermanentProviderError``; no reachable instance at all
-        raises ``TransientProviderError``. Sets ``lagging_instances``.
+        with weight ``None``, which no desired answer has: the plan rewrites it. A site whose
+        servers exist on no instance (or a missing backend) has no answer: the apply then
+        quotes HAProxy's refusal, and the other services still flip. No reachable instance at
+        all raises ``TransientProviderError``. Sets ``lagging_instances``.
         """
         states, unreachable = await self._read_all(_backends(services))
-        for label, state in states.items():
-            problems = _missing(label, services, state)
-            if problems:
-                raise PermanentProviderError("; ".join(problems), kind="NoSuchServer")
         complete = not unreachable
         answers = {s.name: _answers(s, states, complete) for s in services}
         self.lagging_instances = tuple(unreachable) + self._differing(services, states)
@@ -289,10 +286,11 @@ class HaproxyProvider(Provider):
         the others were updated, raises ``TransientProviderError`` naming it.
         """
         writes = _writes(plan)
-        commands = [f"set server {be}/{srv} weight {w}" for be, srv, w in writes]
+        commands = [f"set server {be}/{srv} weight {w}" for _, be, srv, w in writes]
         results = await self._everywhere(lambda api: api.run(commands))
-        self._written.update({(be, srv): w for be, srv, w in writes})
-        refused, unreachable = _outcomes(commands, results)
+        self._written.update({(be, srv): w for _, be, srv, w in writes})
+        whose = [who for who, *_ in writes]
+        refused, unreachable = _outcomes(list(zip(whose, commands, strict=True)), results)
         self.lagging_instances = tuple(unreachable)
         if refused:
             raise PermanentProviderError("; ".join(refused), kind="refused")
@@ -328,7 +326,8 @@ class HaproxyProvider(Provider):
 
 
 def _outcomes(
-    commands: list[str], results: Sequence[tuple[RuntimeApi, list[str] | BaseException]]
+    commands: list[tuple[str, str]],
+    results: Sequence[tuple[RuntimeApi, list[str] | BaseException]],
 ) -> tuple[list[str], dict[str, str]]:
     """HAProxy's refusals as text, and the reason each unreachable instance gave."""
     refused: list[str] = []
@@ -342,8 +341,8 @@ def _outcomes(
             raise result
         else:
             refused.extend(
-                f"haproxy {api.label}: {command}: {response}"
-                for command, response in zip(commands, result, strict=True)
+                f"haproxy {api.label}: {who}: {command}: {response}"
+                for (who, command), response in zip(commands, result, strict=True)
                 if response.strip()
             )
     return refused, unreachable
@@ -388,15 +387,18 @@ def _answers(
     answers = []
     for site in service.sites:
         held = {_weight(s, str(service.backend), t) for s in states.values() for t in site.targets}
+        if held == {None}:
+            continue
         weight = held.pop() if complete and len(held) == 1 else None
         answers.append(Answer(site.name, frozenset(site.targets), weight))
     return tuple(answers)
 
 
-def _writes(plan: Plan) -> list[tuple[str, str, int]]:
-    """(backend, server, weight) for every server of every changed site, raises first."""
+def _writes(plan: Plan) -> list[tuple[str, str, str, int]]:
+    """(service and site, backend, server, weight) for every server of every changed site,
+    raised weights first."""
     changes = sorted((c for c in plan.changes if c.after is not None), key=_lowers)
-    writes: list[tuple[str, str, int]] = []
+    writes: list[tuple[str, str, str, int]] = []
     for change in changes:
         assert change.after is not None
         weight = change.after.weight or 0
@@ -406,9 +408,9 @@ def _writes(plan: Plan) -> list[tuple[str, str, int]]:
                 f"0-{HaproxyProvider.MAX_WEIGHT}",
                 kind="InvalidWeight",
             )
-        writes.extend(
-            (str(change.service.backend), t, weight) for t in sorted(change.after.targets)
-        )
+        who = f"service {change.service.name} site {change.site}"
+        backend = str(change.service.backend)
+        writes.extend((who, backend, t, weight) for t in sorted(change.after.targets))
     return writes
 
 

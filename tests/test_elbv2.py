@@ -182,16 +182,20 @@ async def test_rule_arn_rewrites_the_rules_forward_action(aws: Aws) -> None:
     await p.close()
 
 
-async def test_missing_listener_names_the_service(aws: Aws) -> None:
+async def test_a_missing_listener_is_named_and_does_not_block_the_others(aws: Aws) -> None:
     listener = aws.listener({aws.groups["primary"]: 1})
     gone = listener[:-16] + "0123456789abcdef"
     good = pool(aws, listener_arn=listener)
     bad = pool(aws, listener_arn=gone).model_copy(update={"name": "api"})
     p = provider()
+    actual = await p.read([good, bad])
+    assert actual["api"] == ()
+    desired = {s.name: render(s, {"standby": 100}, weighted=True) for s in (good, bad)}
+    changes = [c for s in (good, bad) for c in diff(s, desired[s.name], actual[s.name])]
     with pytest.raises(PermanentProviderError, match=f"service api: no listener {gone}$"):
-        await p.read([good, bad])
-    [problem] = await p.check_live([bad])
-    assert problem == f"providers.alb: elbv2 alb: service api: no listener {gone}"
+        await p.apply(make_plan(changes, desired))
+    assert aws.weights(aws.forward(listener)) == {"primary": 0, "standby": 100}
+    assert await p.check_live([bad]) == [f"providers.alb: service api: no listener {gone}"]
     await p.close()
 
 

@@ -158,20 +158,27 @@ async def test_every_instance_down_is_transient(haproxy: HaproxyServer) -> None:
         await provider.read([make_service()])
 
 
-async def test_missing_backend_or_server_is_a_clear_permanent_error(
+async def test_missing_backend_or_server_is_named_and_does_not_block_others(
     haproxy: HaproxyServer,
 ) -> None:
     provider = provider_for({"socket": haproxy.socket})
-    with pytest.raises(PermanentProviderError, match="no backend 'nope'"):
-        await provider.read([make_service(backend="nope")])
+    good = make_service()
+    nope = make_service(backend="nope").model_copy(update={"name": "api"})
+    actual = await provider.read([good, nope])
+    assert actual["api"] == ()
+    desired = {s.name: render(s, {"standby": 100}, weighted=True) for s in (good, nope)}
+    changes = [c for s in (good, nope) for c in diff(s, desired[s.name], actual[s.name])]
+    with pytest.raises(PermanentProviderError) as caught:
+        await provider.apply(make_plan(changes, desired))
+    assert f"haproxy {haproxy.socket}: service api site standby: " in str(caught.value)
+    assert "set server nope/b1 weight 100: No such backend." in str(caught.value)
+    assert haproxy.weights() == {"a1": 0, "a2": 0, "b1": 100, "b2": 100}
     missing = make_service(sites={"primary": ["a1", "a9"], "standby": ["b1"]})
-    with pytest.raises(PermanentProviderError, match="has no server a9"):
-        await provider.read([missing])
-    problems = await provider.check_live([make_service(backend="nope"), missing])
-    where = f"providers.lb: haproxy {haproxy.socket}: service www:"
+    problems = await provider.check_live([nope, missing])
+    where = f"providers.lb: haproxy {haproxy.socket}:"
     assert problems == [
-        f"{where} no backend 'nope'",
-        f"{where} backend be has no server a9 (it has: a1, a2, b1, b2)",
+        f"{where} service api: no backend 'nope'",
+        f"{where} service www: backend be has no server a9 (it has: a1, a2, b1, b2)",
     ]
 
 
@@ -180,7 +187,8 @@ async def test_a_refused_command_surfaces_haproxys_message(haproxy: HaproxyServe
     service = make_service(sites={"primary": ["a1", "a9"], "standby": ["b1"]})
     desired = render(service, {"primary": 100}, weighted=True)
     plan = make_plan(diff(service, desired, []), {service.name: desired})
-    with pytest.raises(PermanentProviderError, match="set server be/a9 weight 100: No such server"):
+    refusal = "service www site primary: set server be/a9 weight 100: No such server"
+    with pytest.raises(PermanentProviderError, match=refusal):
         await provider._apply(plan)
 
 
