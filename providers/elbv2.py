@@ -20,9 +20,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import boto3
-import botocore.config
-import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
 from trafficflip.durations import Duration
@@ -31,6 +28,8 @@ from trafficflip.model import Answer
 from trafficflip.plan import Plan
 from trafficflip.provider import Provider, Receipt
 from trafficflip.settings import ServiceConfig
+
+from . import _aws as aws
 
 if TYPE_CHECKING:
     from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
@@ -44,15 +43,7 @@ RULE_ARN = re.compile(_ARN + r"listener-rule/(app|net|gwy)/[^/]+/[0-9a-f]+/[0-9a
 TARGET_GROUP_ARN = re.compile(_ARN + r"targetgroup/[^/]+/[0-9a-f]+$")
 # ELBv2's documented limit for one forward action.
 MAX_TARGET_GROUPS = 5
-TRANSIENT_CODES = {
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "ServiceUnavailable",
-    "InternalFailure",
-    "InternalError",
-}
+TRANSIENT_CODES = aws.THROTTLING_CODES | {"TooManyRequestsException"}
 NOT_FOUND = {"ListenerNotFound", "RuleNotFound"}
 
 
@@ -80,16 +71,7 @@ class Elbv2Provider(Provider):
 
     @classmethod
     def create(cls, name: str, config: Any) -> Elbv2Provider:
-        client_config = botocore.config.Config(
-            # Backoff is ours (jittered, shared with the engine), not botocore's.
-            retries={"total_max_attempts": 1},
-            connect_timeout=config.timeout,
-            read_timeout=config.timeout,
-        )
-        client = boto3.session.Session().client(
-            "elbv2", region_name=config.region, config=client_config
-        )
-        return cls(name, config, client)
+        return cls(name, config, aws.client("elbv2", config.region, config.timeout))
 
     @classmethod
     def validate_service(cls, service: ServiceConfig, config: Any) -> list[tuple[str, str]]:
@@ -119,17 +101,8 @@ class Elbv2Provider(Provider):
         return problems
 
     async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        try:
-            return await asyncio.to_thread(fn, **kwargs)
-        except botocore.exceptions.ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, message = error.get("Code", "Unknown"), error.get("Message", str(exc))
-            text = f"elbv2 {what}: {code}: {message}"
-            if code in TRANSIENT_CODES:
-                raise TransientProviderError(text, kind=code) from exc
-            raise PermanentProviderError(text, kind=code) from exc
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:
-            raise TransientProviderError(f"elbv2 {what}: {exc}", kind="network") from exc
+        result: T = await aws.call(f"elbv2 {what}", fn, TRANSIENT_CODES, **kwargs)
+        return result
 
     # -- read -------------------------------------------------------------------------------
 

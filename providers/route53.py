@@ -13,16 +13,15 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
-import boto3
-import botocore.config
-import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
-from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.errors import PermanentProviderError
 from trafficflip.model import Answer
 from trafficflip.plan import Change, Plan
 from trafficflip.provider import Provider, Receipt
 from trafficflip.settings import ServiceConfig
+
+from . import _aws as aws
 
 log = logging.getLogger("trafficflip.providers.route53")
 T = TypeVar("T")
@@ -30,13 +29,8 @@ T = TypeVar("T")
 # Route53's documented limits for one ChangeResourceRecordSets request.
 MAX_CHANGES_PER_BATCH = 1000
 MAX_VALUE_CHARS_PER_BATCH = 32000
-TRANSIENT_CODES = {
-    "Throttling",
-    "ThrottlingException",
-    "PriorRequestNotComplete",
-    "ServiceUnavailable",
-    "InternalError",
-}
+# Route53 rejects a second change to a zone while one is pending: wait and send it again.
+TRANSIENT_CODES = aws.THROTTLING_CODES | {"PriorRequestNotComplete"}
 # Reading a whole zone costs one call per 300 record sets; a few services read their names.
 FULL_ZONE_READ_ABOVE = 2
 
@@ -70,29 +64,11 @@ class Route53Provider(Provider):
 
     @classmethod
     def create(cls, name: str, config: Any) -> Route53Provider:
-        client_config = botocore.config.Config(
-            # Backoff is ours (jittered, aware of PriorRequestNotComplete), not botocore's.
-            retries={"total_max_attempts": 1},
-            connect_timeout=config.timeout,
-            read_timeout=config.timeout,
-        )
-        client = boto3.session.Session().client(
-            "route53", region_name=config.region, config=client_config
-        )
-        return cls(name, config, client)
+        return cls(name, config, aws.client("route53", config.region, config.timeout))
 
     async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        try:
-            return await asyncio.to_thread(fn, **kwargs)
-        except botocore.exceptions.ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, message = error.get("Code", "Unknown"), error.get("Message", str(exc))
-            text = f"route53 {what}: {code}: {message}"
-            if code in TRANSIENT_CODES:
-                raise TransientProviderError(text, kind=code) from exc
-            raise PermanentProviderError(text, kind=code) from exc
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:
-            raise TransientProviderError(f"route53 {what}: {exc}", kind="network") from exc
+        result: T = await aws.call(f"route53 {what}", fn, TRANSIENT_CODES, **kwargs)
+        return result
 
     async def zone_id(self, zone: str) -> str:
         """The hosted zone id for ``zone``: configured, or looked up once and cached."""
