@@ -185,7 +185,6 @@ class HaproxyProvider(Provider):
         super().__init__(name, config)
         self.apis = list(apis or [RuntimeApi(e, config.timeout) for e in config.endpoints()])
         # Instances that did not hold the last written weights (unreachable or restarted).
-        self.lagging_instances: tuple[str, ...] = ()
         self._written: dict[tuple[str, str], int] = {}
 
     @classmethod

@@ -50,6 +50,9 @@ class Provider(ABC):
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
         self.config = config
+        # Instances of a backend that do not hold the last answers (one of several HAProxy
+        # processes down or restarted); set by read()/_apply(), shown by status.
+        self.lagging_instances: tuple[str, ...] = ()
 
     @classmethod
     def create(cls, name: str, config: Any) -> Provider:
