@@ -184,7 +184,7 @@ class HaproxyProvider(Provider):
     ) -> None:
         super().__init__(name, config)
         self.apis = list(apis or [RuntimeApi(e, config.timeout) for e in config.endpoints()])
-        # Instances that did not hold the last written weights (unreachable or restarted).
+        # The weight last written per (backend, server), to tell which instance forgot it.
         self._written: dict[tuple[str, str], int] = {}
 
     @classmethod
