@@ -32,9 +32,11 @@ lint: $(BIN)/activate
 test: $(BIN)/activate system-packages lint
 	$(BIN)/pytest -q
 
-bench: $(BIN)/activate
+bench: $(BIN)/activate system-packages
 	$(BIN)/python bench/failover_latency.py
 	$(BIN)/python bench/probe_engine.py
+	$(BIN)/python bench/probe_engine.py --check tcp
+	$(BIN)/python bench/bind_flip.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
