@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from trafficflip.commands import CommandError, apply_command
@@ -33,7 +33,7 @@ from trafficflip.plan import Plan, plan_services, render
 from trafficflip.provider import Provider, Receipt
 from trafficflip.retry import backoff_delay
 from trafficflip.settings import Check, HealthConfig, ServiceConfig
-from trafficflip.state import ChangeRecord, StateStore
+from trafficflip.state import ChangeRecord, Command, StateStore
 from trafficflip.validation import Config
 
 log = logging.getLogger("trafficflip")
@@ -72,6 +72,26 @@ class ServiceRuntime:
     site_checks: dict[str, list[str]] = field(default_factory=dict)
 
 
+class EngineListener:
+    """Observes the engine without the engine knowing what for (metrics, notifications).
+
+    Every hook runs on the event loop in the middle of a decision: it must return at once
+    (queue slow work) and must not raise; an exception is logged and ignored.
+    """
+
+    def probed(self, key: str, result: ProbeResult) -> None:
+        """A probe of check ``key`` finished (before it is folded into health)."""
+
+    def journaled(self, entries: Sequence[JournalEntry]) -> None:
+        """``entries`` were written to the journal."""
+
+    def provider_synced(
+        self, provider: str, error: Exception | None, apply_seconds: float | None
+    ) -> None:
+        """A read-plan-apply of ``provider`` ended; ``apply_seconds`` is None when nothing
+        was applied (an empty plan, or a failure before the apply)."""
+
+
 def check_key(check: Check, health: HealthConfig) -> str:
     return json.dumps(
         [check.model_dump(mode="json"), health.model_dump(mode="json")], sort_keys=True
@@ -104,6 +124,7 @@ class Engine:
         self._retry_handles: dict[str, asyncio.TimerHandle] = {}
         self._last_confirm = 0.0
         self._wakeups: dict[str, asyncio.TimerHandle] = {}
+        self.listeners: list[EngineListener] = []
         for service in config.services:
             self._wire(service)
             self.states[service.name] = store.load(service.name) or ServiceState()
@@ -128,6 +149,7 @@ class Engine:
     def observe(self, key: str, result: ProbeResult) -> None:
         """Fold a probe result in; converge at once the services whose health changed."""
         job = self.jobs[key]
+        self._emit("probed", key, result)
         before = self.checks[key]
         after = observe(before, result, rise=job.health.rise, fall=job.health.fall)
         self.checks[key] = after
@@ -174,23 +196,28 @@ class Engine:
         if self.clock() - self._last_confirm >= CONFIRM_EVERY:
             await self.confirm_changes()
 
-    def take_commands(self) -> None:
+    def take_commands(self) -> dict[int, str]:
+        """Apply every pending operator command; return each one's result by id."""
+        results = {}
         for command in self.store.pending():
-            runtime = self.services.get(command.service)
-            if runtime is None:
-                self.store.complete(command.id, f"error: unknown service {command.service!r}")
-                continue
-            try:
-                state, event = apply_command(
-                    runtime.config, self.states[command.service], command.name, command.args
-                )
-            except CommandError as exc:
-                self.store.complete(command.id, f"error: {exc}")
-                log.warning("command_rejected service=%s %s", command.service, exc)
-                continue
-            event = replace(event, message=f"{event.message} by {command.source}")
-            self._commit(command.service, state, [event])
-            self.store.complete(command.id, "ok")
+            results[command.id] = self._take(command)
+            self.store.complete(command.id, results[command.id])
+        return results
+
+    def _take(self, command: Command) -> str:
+        runtime = self.services.get(command.service)
+        if runtime is None:
+            return f"error: unknown service {command.service!r}"
+        try:
+            state, event = apply_command(
+                runtime.config, self.states[command.service], command.name, command.args
+            )
+        except CommandError as exc:
+            log.warning("command_rejected service=%s %s", command.service, exc)
+            return f"error: {exc}"
+        event = replace(event, message=f"{event.message} by {command.source}")
+        self._commit(command.service, state, [event])
+        return "ok"
 
     def decide(self, name: str) -> bool:
         """Run the decision core for one service; persist and log; True if shares changed."""
@@ -254,6 +281,7 @@ class Engine:
             entries.append(JournalEntry(now, name, event.kind, event.message, data))
         self.states[name] = state
         self.store.save(name, state, entries)
+        self._emit("journaled", entries)
 
     # -- providers --------------------------------------------------------------------------
 
@@ -291,6 +319,7 @@ class Engine:
     ) -> Plan | None:
         provider = self.providers[provider_name]
         status = self.provider_status[provider_name]
+        took: float | None = None
         try:
             actual = await provider.read(services)
             plan = plan_services(
@@ -298,13 +327,17 @@ class Engine:
             )
             if not apply:
                 return plan
+            started = time.monotonic()
             receipt = await provider.apply(plan)
+            took = time.monotonic() - started if plan else None
         except (ProviderError, UnsafePlanError) as exc:
             self._provider_failed(provider_name, services, exc)
+            self._emit("provider_synced", provider_name, exc, took)
             return None
         status.ok, status.error, status.failures_in_row = True, "", 0
         status.last_success = self.clock()
         self._applied(provider_name, services, plan, receipt)
+        self._emit("provider_synced", provider_name, None, took)
         return plan
 
     def _desired(self, provider: Provider, service: ServiceConfig) -> tuple[Answer, ...]:
@@ -340,6 +373,7 @@ class Engine:
                 state = replace(state, applied_at=now)
                 self.states[service.name] = state
                 self.store.save(service.name, state, entries)
+                self._emit("journaled", entries)
                 self._wake_at(service.name, self._next_due(service.name))
 
     def _provider_failed(
@@ -358,14 +392,14 @@ class Engine:
             status.error_kind,
             exc,
         )
-        self.store.append(
-            [
-                JournalEntry(
-                    self.clock(), s.name, "provider_error", str(exc), {"provider": provider_name}
-                )
-                for s in services
-            ]
-        )
+        entries = [
+            JournalEntry(
+                self.clock(), s.name, "provider_error", str(exc), {"provider": provider_name}
+            )
+            for s in services
+        ]
+        self.store.append(entries)
+        self._emit("journaled", entries)
         if isinstance(exc, PermanentProviderError | UnsafePlanError):
             return  # not hammered: the reconcile interval retries it
         delay = max(1.0, backoff_delay(status.failures_in_row, base=1.0, cap=RETRY_CAP))
@@ -401,3 +435,10 @@ class Engine:
 
     def gates_status(self, service: str) -> Status:
         return self.site_health(service)[GATES].status
+
+    def _emit(self, hook: str, *args: object) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, hook)(*args)
+            except Exception:  # an observer must never stop a traffic change
+                log.exception("listener_error listener=%s hook=%s", type(listener).__name__, hook)

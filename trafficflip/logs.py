@@ -32,5 +32,14 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter (botocore's request dumps at debug) would drown the events.
-    for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore", "apscheduler", "werkzeug"):
+    for noisy in (
+        "botocore",
+        "boto3",
+        "urllib3",
+        "httpx",
+        "httpcore",
+        "apscheduler",
+        "werkzeug",
+        "uvicorn",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -12,7 +12,9 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -46,13 +48,29 @@ class SchedulerStats:
         self.runs = 0
 
 
-class Runner:
-    """Runs the engine under one scheduler until ``stop()``."""
+class Component(Protocol):
+    """Something that runs beside the scheduler in the same event loop (the API server,
+    the notifier). ``start`` returns once it runs; ``stop`` once it has finished."""
 
-    def __init__(self, engine: Engine, prober: Prober, *, reconcile_interval: float) -> None:
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class Runner:
+    """Runs the engine under one scheduler, with its components, until ``stop()``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prober: Prober,
+        *,
+        reconcile_interval: float,
+        components: Sequence[Component] = (),
+    ) -> None:
         self.engine = engine
         self.prober = prober
         self.reconcile_interval = reconcile_interval
+        self.components = list(components)
         self.stats = SchedulerStats()
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._stopped = asyncio.Event()
@@ -128,12 +146,29 @@ class Runner:
             log.error("job_error job=%s error=%r", event.job_id, event.exception)
 
     async def run(self) -> None:
-        """Start the scheduler and wait until ``stop()``; then shut everything down."""
+        """Start the scheduler and the components, wait until ``stop()``, shut all down.
+
+        Components stop after the scheduler and in reverse order, so the last events of a
+        stopping service still reach a notifier listed before the API server.
+        """
         self.schedule()
         self.scheduler.start()
-        log.info("started services=%d checks=%d", len(self.engine.services), len(self.engine.jobs))
-        await self._stopped.wait()
-        self.scheduler.shutdown(wait=False)
+        started: list[Component] = []
+        try:
+            for component in self.components:
+                await component.start()
+                started.append(component)
+            log.info(
+                "started services=%d checks=%d", len(self.engine.services), len(self.engine.jobs)
+            )
+            await self._stopped.wait()
+        finally:
+            self.scheduler.shutdown(wait=False)
+            for component in reversed(started):
+                await component.stop()
+            await self._close()
+
+    async def _close(self) -> None:
         await self.prober.close()
         for provider in self.engine.providers.values():
             await provider.close()

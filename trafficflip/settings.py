@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from trafficflip.durations import Duration
@@ -212,6 +220,70 @@ class ServiceConfig(Strict):
         return tuple(s.name for s in self.sites)
 
 
+TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$"
+# What a notification target is told about unless it lists its own ``events``.
+NotifyEvent = Literal[
+    "failover",
+    "failback_started",
+    "ramp_step",
+    "failback_completed",
+    "failback_aborted",
+    "all_down",
+    "recovered",
+    "command",
+    "provider_error",
+    "provider_recovered",
+]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
+
+
+class ApiConfig(Strict):
+    """The HTTP API, status page and metrics (``TRAFFICFLIP_API__*``)."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8080"
+    # Name -> token; the name is journaled as the source of every command made with it.
+    tokens: dict[Annotated[str, Field(pattern=TOKEN_NAME_PATTERN)], SecretStr] = {}
+    tokens_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, token in tokens.items():
+            if not token.get_secret_value().strip():
+                raise ValueError(f"token {name!r} is empty")
+        return tokens
+
+
+class NotifyTarget(Strict):
+    """One webhook. The URL is a secret: a Slack webhook URL is its own credential."""
+
+    url: SecretStr
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)] = "webhook"
+    format: Literal["json", "slack"] = "json"
+    events: list[NotifyEvent] = list(NOTIFY_EVENTS)
+    headers: dict[str, SecretStr] = {}
+    timeout: Duration = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretStr) -> SecretStr:
+        try:
+            url = httpx.URL(value.get_secret_value())
+        except Exception:  # httpx raises several types; the message would echo the URL
+            raise ValueError("invalid URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("invalid URL: needs http:// or https:// and a host")
+        return value
+
+
 class Settings(BaseSettings):
     """The whole configuration. Environment variables override the YAML file."""
 
@@ -231,6 +303,17 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     providers: dict[str, dict[str, Any]] = {}
     services: list[ServiceConfig] = []
+    api: ApiConfig = ApiConfig()
+    notify: list[NotifyTarget] = []
+
+    @field_validator("notify")
+    @classmethod
+    def _unique_targets(cls, targets: list[NotifyTarget]) -> list[NotifyTarget]:
+        names = [t.name for t in targets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate target name {duplicates[0]!r}: give each a name")
+        return targets
 
     @classmethod
     def settings_customise_sources(
