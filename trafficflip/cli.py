@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
 
 from trafficflip.engine import Engine
 from trafficflip.errors import ConfigError
@@ -22,6 +26,8 @@ from trafficflip.validation import Config, load_config
 
 EXIT_CONFIG = 2
 COMMAND_WAIT = 5.0
+API_URL_ENV, API_TOKEN_ENV = "TRAFFICFLIP_API_URL", "TRAFFICFLIP_API_TOKEN"
+API_TIMEOUT = 10.0
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
@@ -56,10 +62,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run the scheduler, the notifier and the API in this loop until SIGTERM or SIGINT."""
+    # Imported here: the API pulls in FastAPI, which the other commands do not need.
+    from trafficflip.api import ApiServer, create_app, load_tokens
+    from trafficflip.metrics import Metrics
+    from trafficflip.notify import Notifier
+
+    api_config = config.settings.api
+    tokens = load_tokens(api_config)  # a bad tokens file is a ConfigError before anything runs
     store = open_store(config.settings.state)
     engine = Engine(config, store, build_providers(config))
     runner = Runner(engine, Prober(), reconcile_interval=config.settings.reconcile_interval)
+    metrics = Metrics(engine, runner)
+    runner.components.append(Notifier(config.settings.notify, engine, counted=metrics.notified))
+    if api_config.enabled:
+        app = create_app(engine, runner, metrics, tokens)
+        runner.components.append(ApiServer(app, api_config.listen))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)
@@ -105,6 +123,8 @@ async def preview_plan(config: Config) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.api:
+        return _status_from_api(args)
     config = load_config(args.config)
     store = open_store(config.settings.state)
     now = time.time()
@@ -129,12 +149,54 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_from_api(args: argparse.Namespace) -> int:
+    response = _api_call("GET", args.api, "/api/v1/services", params={"journal": args.journal})
+    if response.status_code != 200:
+        return _api_error(response)
+    views: list[dict[str, Any]] = response.json()
+    journal = sorted((e for v in views for e in v.pop("journal")), key=lambda e: e["at"])
+    journal = journal[-args.journal :] if args.journal else []
+    if args.json:
+        print(json.dumps({"services": views, "journal": journal}, indent=2))
+        return 0
+    print(table(views, time.time()))
+    for entry in journal:
+        stamp = time.strftime("%H:%M:%S", time.localtime(entry["at"]))
+        print(f"{stamp} {entry['service']} {entry['kind']}: {entry['message']}")
+    return 0
+
+
+def _api_call(method: str, base: str, path: str, **kwargs: Any) -> httpx.Response:
+    token = os.environ.get(API_TOKEN_ENV)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        return httpx.request(
+            method, base.rstrip("/") + path, headers=headers, timeout=API_TIMEOUT, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"cannot reach the API at {base}: {exc}") from None
+
+
+def _api_error(response: httpx.Response) -> int:
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    print(f"error: {response.status_code} {detail}", file=sys.stderr)
+    return 1
+
+
+def _command_via_api(name: str, args: argparse.Namespace, payload: dict[str, str]) -> int:
+    path = f"/api/v1/services/{args.service}/{name}"
+    response = _api_call("POST", args.api, path, json=payload)
+    if response.status_code != 200:
+        return _api_error(response)
+    print(f"{name} {args.service}: {response.json()['result']}")
+    return 0
+
+
 def command_handler(name: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        config = load_config(args.config)
-        if args.service not in {s.name for s in config.services}:
-            print(f"unknown service {args.service!r}", file=sys.stderr)
-            return EXIT_CONFIG
         payload = {
             k: v
             for k, v in (
@@ -144,6 +206,12 @@ def command_handler(name: str) -> Callable[[argparse.Namespace], int]:
             )
             if v
         }
+        if args.api:
+            return _command_via_api(name, args, payload)
+        config = load_config(args.config)
+        if args.service not in {s.name for s in config.services}:
+            print(f"unknown service {args.service!r}", file=sys.stderr)
+            return EXIT_CONFIG
         store = open_store(config.settings.state)
         command_id = store.submit(args.service, name, payload, source="cli")
         result = _wait_for_result(store, command_id, args.wait)
@@ -189,7 +257,18 @@ def parser() -> argparse.ArgumentParser:
         "--live", action="store_true", help="also check that every provider object exists"
     )
     add("plan", cmd_plan, "show what would change, without changing it")
+
+    def add_api(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--api",
+            default=os.environ.get(API_URL_ENV),
+            metavar="URL",
+            help=f"ask a running instance's API (default: ${API_URL_ENV}); "
+            f"the token comes from ${API_TOKEN_ENV}",
+        )
+
     status = add("status", cmd_status, "show decisions and the journal")
+    add_api(status)
     status.add_argument("--json", action="store_true")
     status.add_argument("--journal", type=int, default=10, help="journal lines to show")
     for name, help_text in (
@@ -201,6 +280,7 @@ def parser() -> argparse.ArgumentParser:
         ("drain", "move traffic away from a site"),
     ):
         command = add(name, command_handler(name), help_text)
+        add_api(command)
         command.add_argument("service")
         if name == "failover":
             command.add_argument("--to", required=True, help="the site to serve from")

@@ -1,0 +1,109 @@
+"""Metrics: a running service's /metrics after a failover and a failback; provider errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service import PRIMARY, STANDBY, Service
+from tests.support import MotoServer, wait_until
+from tests.test_engine import Rig
+from trafficflip.errors import PermanentProviderError
+from trafficflip.metrics import Metrics, reason_label
+from trafficflip.probes import Prober
+from trafficflip.scheduler import Runner
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def test_metrics_after_a_failover_and_failback(tmp_path: Path, moto_server: MotoServer) -> None:
+    service = Service(tmp_path, moto_server)
+    try:
+        service.start()
+        wait_until(lambda: service.weights() == PRIMARY, timeout=20, what="initial weights")
+        service.primary.stop()
+        wait_until(lambda: service.weights() == STANDBY, timeout=5, what="failover")
+        response = service.get("/metrics")
+        assert response.headers["content-type"].startswith("text/plain")
+        m = parse(response.text)
+        check = f"http {service.primary.url}"
+        www = {"service": "www"}
+        assert value(m, "trafficflip_failovers_total", **www) == 1
+        assert value(m, "trafficflip_site_share_percent", **www, site="dr") == 100
+        assert value(m, "trafficflip_site_share_percent", **www, site="primary") == 0
+        assert value(m, "trafficflip_site_up", **www, site="primary") == 0
+        assert value(m, "trafficflip_check_up", **www, site="primary", check=check) == 0
+        assert (
+            value(m, "trafficflip_check_up", **www, site="dr", check=f"http {service.dr.url}") == 1
+        )
+        failures = sum(
+            v
+            for (name, labels), v in m.items()
+            if name == "trafficflip_probe_failures_total" and ("check", check) in labels
+        )
+        assert failures >= 2  # fall
+        assert value(m, "trafficflip_probe_failures_total", check=check, reason="connect refused")
+        assert value(m, "trafficflip_probe_duration_seconds_count", check=check) > failures
+        assert value(m, "trafficflip_provider_apply_duration_seconds_count", provider="aws") >= 2
+        assert value(m, "trafficflip_provider_up", provider="aws") == 1
+        assert value(m, "trafficflip_seconds_since_last_reconcile", provider="aws") < 5
+        assert value(m, "trafficflip_unsynced_changes") >= 0
+        assert value(m, "trafficflip_scheduler_lag_seconds", quantile="0.5") < 0.5
+        assert value(m, "trafficflip_scheduler_runs_total") > 0
+        assert value(m, "trafficflip_scheduler_missed_runs_total") == 0
+        assert value(m, "trafficflip_service_held", **www) == 0
+        service.primary.start()
+        wait_until(lambda: service.weights() == PRIMARY, timeout=20, what="failback")
+        m = parse(service.get("/metrics").text)
+        assert value(m, "trafficflip_failbacks_total", **www, outcome="started") == 1
+        assert value(m, "trafficflip_failbacks_total", **www, outcome="completed") == 1
+        assert value(m, "trafficflip_journal_events_total", **www, kind="failover") == 1
+        wait_until(
+            lambda: parse(service.get("/metrics").text).get(
+                (
+                    "trafficflip_notifications_total",
+                    frozenset({"target": "generic", "outcome": "sent"}.items()),
+                )
+            ),
+            timeout=5,
+            what="notifications counted",
+        )
+    finally:
+        service.close()
+
+
+async def test_provider_errors_by_kind_and_provider_up() -> None:
+    rig = Rig()
+    prober = Prober()
+    metrics = Metrics(rig.engine, Runner(rig.engine, prober, reconcile_interval=30))
+    rig.provider.fail = lambda: PermanentProviderError("access denied", kind="AccessDenied")
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.engine.reconcile()
+    await rig.engine.reconcile()
+    m = parse(metrics.exposition()[0].decode())
+    assert value(m, "trafficflip_provider_errors_total", provider="mem", kind="AccessDenied") == 2
+    assert value(m, "trafficflip_provider_up", provider="mem") == 0
+    assert (
+        "trafficflip_provider_apply_duration_seconds_count",
+        frozenset({("provider", "mem")}),
+    ) not in m
+    await prober.close()
+
+
+def test_reason_labels_stay_bounded() -> None:
+    assert reason_label("slow 812ms > 500ms") == "slow"
+    assert reason_label("inconclusive: prober overloaded (loop lag 300ms)") == "inconclusive"
+    assert reason_label("status 503") == "status 503"

@@ -1,0 +1,203 @@
+"""Prometheus metrics: counters fed by engine events, gauges read from the engine at scrape.
+
+Counts (probes, failures, failovers, provider applies) come through the engine's listener
+hook as they happen; everything that is a current value (check up, share, seconds since the
+last reconcile, unsynced changes, scheduler lag) is read when scraped, so it is never stale.
+Labels name checks by type and address only: never a URL's credentials or query.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from trafficflip.engine import GATES, Engine, EngineListener
+from trafficflip.model import JournalEntry, ProbeResult, Status
+from trafficflip.scheduler import Runner
+from trafficflip.views import describe_check
+
+PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+APPLY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+FAILBACK_OUTCOMES = {
+    "failback_started": "started",
+    "failback_completed": "completed",
+    "failback_aborted": "aborted",
+}
+
+
+def reason_label(reason: str) -> str:
+    """A probe failure reason with its numbers dropped where they vary ('slow 812ms > ...'),
+    so the label set stays bounded."""
+    for stable in ("slow", "inconclusive"):
+        if reason.startswith(stable):
+            return stable
+    return reason
+
+
+class Metrics(EngineListener):
+    """The process's metrics in their own registry; listens to ``engine`` once created."""
+
+    def __init__(self, engine: Engine, runner: Runner) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._checks = {key: describe_check(job.check) for key, job in engine.jobs.items()}
+        r = self.registry
+        self.probe_seconds = Histogram(
+            "trafficflip_probe_duration_seconds",
+            "Probe latency",
+            ["check"],
+            buckets=PROBE_BUCKETS,
+            registry=r,
+        )
+        self.probe_failures = Counter(
+            "trafficflip_probe_failures", "Failed probes by reason", ["check", "reason"], registry=r
+        )
+        self.events = Counter(
+            "trafficflip_journal_events", "Journal entries by kind", ["service", "kind"], registry=r
+        )
+        self.failovers = Counter(
+            "trafficflip_failovers", "Failovers (every member down)", ["service"], registry=r
+        )
+        self.failbacks = Counter(
+            "trafficflip_failbacks", "Failbacks by outcome", ["service", "outcome"], registry=r
+        )
+        self.apply_seconds = Histogram(
+            "trafficflip_provider_apply_duration_seconds",
+            "Duration of non-empty provider applies, retries included",
+            ["provider"],
+            buckets=APPLY_BUCKETS,
+            registry=r,
+        )
+        self.provider_errors = Counter(
+            "trafficflip_provider_errors",
+            "Failed reconciles by kind",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            "trafficflip_notifications",
+            "Webhook notifications by outcome (sent, failed, dropped)",
+            ["target", "outcome"],
+            registry=r,
+        )
+        r.register(StateCollector(engine, runner))
+        engine.listeners.append(self)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def notified(self, target: str, outcome: str) -> None:
+        self.notifications.labels(target, outcome).inc()
+
+    # -- EngineListener ---------------------------------------------------------------------
+
+    def probed(self, key: str, result: ProbeResult) -> None:
+        check = self._checks[key]
+        self.probe_seconds.labels(check).observe(result.latency)
+        if not result.ok:
+            self.probe_failures.labels(check, reason_label(result.reason)).inc()
+
+    def journaled(self, entries: Sequence[JournalEntry]) -> None:
+        for entry in entries:
+            self.events.labels(entry.service, entry.kind).inc()
+            if entry.kind == "failover":
+                self.failovers.labels(entry.service).inc()
+            elif entry.kind in FAILBACK_OUTCOMES:
+                self.failbacks.labels(entry.service, FAILBACK_OUTCOMES[entry.kind]).inc()
+
+    def provider_synced(
+        self, provider: str, error: Exception | None, apply_seconds: float | None
+    ) -> None:
+        if apply_seconds is not None:
+            self.apply_seconds.labels(provider).observe(apply_seconds)
+        if error is not None:
+            kind = str(getattr(error, "kind", "") or type(error).__name__)
+            self.provider_errors.labels(provider, kind).inc()
+
+
+class StateCollector(Collector):
+    """Current values, read from the engine and the scheduler on every scrape."""
+
+    def __init__(self, engine: Engine, runner: Runner) -> None:
+        self.engine = engine
+        self.runner = runner
+        self.started = time.time()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self._health()
+        yield from self._providers()
+        yield from self._scheduler()
+
+    def _health(self) -> Iterator[GaugeMetricFamily]:
+        engine = self.engine
+        check_up = _gauge("check_up", "1 if the check is up", ["service", "site", "check"])
+        site_up = _gauge("site_up", "1 if the site is up", ["service", "site"])
+        share = _gauge("site_share_percent", "Desired share of the answers", ["service", "site"])
+        held = _gauge("service_held", "1 while automatic changes are frozen", ["service"])
+        step = _gauge("ramp_step", "Current ramp step (1-based), 0 without a ramp", ["service"])
+        for name, runtime in engine.services.items():
+            state = engine.states[name]
+            for site, health in engine.site_health(name).items():
+                for key in runtime.site_checks[site]:
+                    up = engine.checks[key].status is Status.UP
+                    check_up.add_metric([name, site, describe_check(engine.jobs[key].check)], up)
+                if site != GATES:
+                    site_up.add_metric([name, site], health.status is Status.UP)
+                    share.add_metric([name, site], (state.shares or {}).get(site, 0))
+            held.add_metric([name], state.held)
+            step.add_metric([name], 0 if state.ramp is None else state.ramp.step + 1)
+        yield from (check_up, site_up, share, held, step)
+
+    def _providers(self) -> Iterator[GaugeMetricFamily]:
+        now = time.time()
+        up = _gauge("provider_up", "1 if the provider's last reconcile succeeded", ["provider"])
+        since = _gauge(
+            "seconds_since_last_reconcile",
+            "Seconds since the provider last answered a reconcile (since start if never)",
+            ["provider"],
+        )
+        for name, status in self.engine.provider_status.items():
+            up.add_metric([name], status.ok)
+            since.add_metric([name], now - (status.last_success or self.started))
+        unsynced = _gauge("unsynced_changes", "Provider changes not yet confirmed in sync", [])
+        age = _gauge("unsynced_change_age_seconds", "Age of the unconfirmed change", ["service"])
+        count = 0
+        for name in self.engine.services:
+            change = self.engine.store.last_change(name)
+            if change is not None and not change.in_sync:
+                count += 1
+                age.add_metric([name], now - change.submitted_at)
+        unsynced.add_metric([], count)
+        yield from (up, since, unsynced, age)
+
+    def _scheduler(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self.runner.stats
+        lag = _gauge("scheduler_lag_seconds", "Job start lag over recent runs", ["quantile"])
+        samples = sorted(stats.lags)
+        if samples:
+            lag.add_metric(["0.5"], statistics.median(samples))
+            lag.add_metric(["0.99"], samples[min(len(samples) - 1, int(len(samples) * 0.99))])
+            lag.add_metric(["1"], samples[-1])
+        yield lag
+        for name, value, text in (
+            ("scheduler_runs", stats.runs, "Jobs started"),
+            ("scheduler_missed_runs", stats.missed, "Jobs skipped past their misfire grace"),
+            ("scheduler_overruns", stats.overrun, "Runs skipped: the previous still going"),
+            ("scheduler_job_errors", stats.errors, "Jobs that raised"),
+        ):
+            yield CounterMetricFamily(f"trafficflip_{name}", text, value=value)
+
+
+def _gauge(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"trafficflip_{name}", text, labels=labels)

@@ -1,0 +1,197 @@
+"""Webhook notifications (generic JSON or Slack-compatible), sent in the background.
+
+The engine only queues: a notice is put on each target's bounded queue and a worker per
+target sends it with retries and a timeout, so a slow or dead webhook never delays a traffic
+change. A notice that fails every attempt is logged and counted; a full queue drops and
+counts. Target URLs and headers are secrets (a Slack webhook URL is its own credential):
+logs name the target, never its URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from trafficflip.engine import Engine, EngineListener
+from trafficflip.model import JournalEntry
+from trafficflip.retry import backoff_delay
+from trafficflip.settings import NotifyTarget
+
+log = logging.getLogger("trafficflip.notify")
+QUEUE_SIZE = 1000
+# On stop, queued notices get this long to go out (the last failover before a restart).
+DRAIN_GRACE = 3.0
+RETRY_BASE, RETRY_CAP = 0.5, 10.0
+# provider_error notices come from the provider's transitions, not from its journal
+# entries (one per service per retry), so a provider outage is announced once.
+JOURNAL_ONLY_SKIPPED = {"provider_error"}
+ICONS = {
+    "failover": ":rotating_light:",
+    "all_down": ":fire:",
+    "provider_error": ":warning:",
+    "failback_aborted": ":warning:",
+    "failback_completed": ":white_check_mark:",
+    "recovered": ":white_check_mark:",
+    "provider_recovered": ":white_check_mark:",
+}
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One thing to tell: an event kind of ``NOTIFY_EVENTS`` and its one-line message."""
+
+    event: str
+    message: str
+    at: float
+    service: str | None = None
+    data: dict[str, object] = field(default_factory=dict)
+
+
+def payload(target: NotifyTarget, notice: Notice) -> dict[str, Any]:
+    """The JSON body for ``target``'s format."""
+    if target.format == "slack":
+        icon = ICONS.get(notice.event, ":information_source:")
+        subject = f"*{notice.service}* " if notice.service else ""
+        return {"text": f"{icon} trafficflip {subject}{notice.event}: {notice.message}"}
+    return {
+        "source": "trafficflip",
+        "event": notice.event,
+        "service": notice.service,
+        "message": notice.message,
+        "at": notice.at,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(notice.at)),
+        "data": notice.data,
+    }
+
+
+class Notifier(EngineListener):
+    """Queues notices from the engine and sends them; a component of the ``Runner``."""
+
+    def __init__(
+        self,
+        targets: Sequence[NotifyTarget],
+        engine: Engine,
+        *,
+        counted: Callable[[str, str], None] = lambda target, outcome: None,
+    ) -> None:
+        self.targets = list(targets)
+        self.counted = counted
+        self.clock = engine.clock
+        self._queues: dict[str, asyncio.Queue[Notice]] = {
+            t.name: asyncio.Queue(maxsize=QUEUE_SIZE) for t in self.targets
+        }
+        self._failing: set[str] = set()
+        self._client: httpx.AsyncClient | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        engine.listeners.append(self)
+
+    # -- EngineListener ---------------------------------------------------------------------
+
+    def journaled(self, entries: Sequence[JournalEntry]) -> None:
+        for entry in entries:
+            if entry.kind not in JOURNAL_ONLY_SKIPPED:
+                self.notify(Notice(entry.kind, entry.message, entry.at, entry.service, entry.data))
+
+    def provider_synced(
+        self, provider: str, error: Exception | None, apply_seconds: float | None
+    ) -> None:
+        data: dict[str, object] = {"provider": provider}
+        if error is not None and provider not in self._failing:
+            self._failing.add(provider)
+            kind = str(getattr(error, "kind", "") or type(error).__name__)
+            message = f"provider {provider} failed ({kind}): {error}"
+            self.notify(Notice("provider_error", message, self.clock(), data=data))
+        elif error is None and provider in self._failing:
+            self._failing.discard(provider)
+            message = f"provider {provider} answers again"
+            self.notify(Notice("provider_recovered", message, self.clock(), data=data))
+
+    # -- queueing and sending ---------------------------------------------------------------
+
+    def notify(self, notice: Notice) -> None:
+        """Queue ``notice`` for every target that wants it; never waits."""
+        for target in self.targets:
+            if notice.event not in target.events:
+                continue
+            try:
+                self._queues[target.name].put_nowait(notice)
+            except asyncio.QueueFull:
+                self.counted(target.name, "dropped")
+                log.warning(
+                    "notify_dropped target=%s event=%s: queue full", target.name, notice.event
+                )
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(follow_redirects=False)
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._work(t)) for t in self.targets]
+
+    async def stop(self) -> None:
+        """Give queued notices ``DRAIN_GRACE`` to go out, then stop the workers."""
+        pending = [q.join() for q in self._queues.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*pending), DRAIN_GRACE)
+        except TimeoutError:
+            log.warning("notify_unsent: stopping with notices still queued")
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _work(self, target: NotifyTarget) -> None:
+        queue = self._queues[target.name]
+        while True:
+            notice = await queue.get()
+            try:
+                await self._deliver(target, notice)
+            except Exception:  # a worker must outlive any one notice
+                log.exception("notify_error target=%s event=%s", target.name, notice.event)
+            finally:
+                queue.task_done()
+
+    async def _deliver(self, target: NotifyTarget, notice: Notice) -> None:
+        error = ""
+        for attempt in range(target.retries + 1):
+            if attempt:
+                await asyncio.sleep(backoff_delay(attempt, base=RETRY_BASE, cap=RETRY_CAP))
+            error, retry = await self._post(target, notice)
+            if not error:
+                self.counted(target.name, "sent")
+                log.debug("notify_sent target=%s event=%s", target.name, notice.event)
+                return
+            if not retry:
+                break
+        self.counted(target.name, "failed")
+        log.warning(
+            "notify_failed target=%s event=%s service=%s attempts=%d error=%s",
+            target.name,
+            notice.event,
+            notice.service or "-",
+            attempt + 1,
+            error,
+        )
+
+    async def _post(self, target: NotifyTarget, notice: Notice) -> tuple[str, bool]:
+        """One attempt: ('', _) when delivered, else the error and whether to retry."""
+        assert self._client is not None
+        url = target.url.get_secret_value()
+        headers = {name: value.get_secret_value() for name, value in target.headers.items()}
+        try:
+            response = await self._client.post(
+                url, json=payload(target, notice), headers=headers, timeout=target.timeout
+            )
+        except httpx.HTTPError as exc:
+            # httpx messages may quote the URL, which is a secret here.
+            return f"{type(exc).__name__}: {str(exc).replace(url, '<url>')}", True
+        status = response.status_code
+        if status < 300:
+            return "", False
+        # 4xx other than 429 will not change on a retry (a revoked Slack hook answers 404).
+        return f"status {status}", status >= 500 or status == 429
