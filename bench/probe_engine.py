@@ -134,6 +134,7 @@ async def measure(config: Config, args: argparse.Namespace) -> dict[str, float]:
     task = asyncio.create_task(runner.run())
     await asyncio.sleep(args.warmup)
     runner.stats.lags.clear()
+    runner.stats.missed = runner.stats.overrun = 0
     probes0, failed0, unsure0 = counter.probes, counter.failed, counter.inconclusive
     usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     await asyncio.sleep(args.duration)

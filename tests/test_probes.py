@@ -166,3 +166,20 @@ async def test_a_timeout_while_our_loop_was_stalled_is_inconclusive(
     # Without a stall the same timeout is the site's fault.
     result = await prober.probe(check, 0.2)
     assert (result.ok, result.inconclusive, result.reason) == (False, False, "timeout")
+
+
+async def test_probes_beyond_the_in_flight_bound_wait_without_their_timeout_running(
+    silent_server: str,
+) -> None:
+    import asyncio
+
+    prober = Prober(max_in_flight=1)
+    try:
+        check = http_check(f"http://{silent_server}/healthz")
+        first, second = await asyncio.gather(prober.probe(check, 0.2), prober.probe(check, 0.2))
+        assert (first.reason, second.reason) == ("timeout", "timeout")
+        # The second waited for the first, but its own timeout started when it ran.
+        assert second.at - first.at >= 0.15
+        assert second.latency < 0.35
+    finally:
+        await prober.close()

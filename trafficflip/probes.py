@@ -29,6 +29,7 @@ MAX_BODY = 64 * 1024
 USER_AGENT = "trafficflip-probe"
 # A timeout during which our own event loop stalled this share of the timeout is ours.
 OVERLOAD_FRACTION = 0.25
+MAX_IN_FLIGHT = 64
 HEARTBEAT = 0.05
 
 
@@ -69,13 +70,18 @@ class LoopMonitor:
 class Prober:
     """Runs checks. ``clock`` stamps results; latency uses the monotonic clock."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, max_connections: int = 1000) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> None:
         self.clock = clock
         self.loop_monitor = LoopMonitor()
+        # httpcore scans its whole pool on every request: with hundreds of requests in it an
+        # overloaded prober slows down quadratically. Probes beyond this wait their turn, and
+        # their timeout starts when they run, so waiting never fails a site.
+        self._slots = asyncio.Semaphore(max_in_flight)
         # Every probe opens a fresh connection, as HAProxy's and Route53's checks do: a kept-
-        # alive socket can outlive a listener that no longer accepts. It also keeps httpcore's
-        # pool (scanned on every request) as small as the probes in flight.
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=0)
+        # alive socket can outlive a listener that no longer accepts.
+        limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=0)
         headers = {"User-Agent": USER_AGENT}
         self._clients = {
             verify: httpx.AsyncClient(
@@ -91,6 +97,10 @@ class Prober:
 
     async def probe(self, check: Check, timeout: float) -> ProbeResult:
         """Run ``check`` once; the result says why it failed. Never raises."""
+        async with self._slots:
+            return await self._probe(check, timeout)
+
+    async def _probe(self, check: Check, timeout: float) -> ProbeResult:
         self.loop_monitor.ensure_running()
         started = time.monotonic()
         try:
