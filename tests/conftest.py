@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import HttpSite, MotoServer
+from tests.support import HttpSite, MotoServer, free_port
 
 
 @pytest.fixture
@@ -32,3 +32,12 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[st
         if key.startswith("TRAFFICFLIP_"):
             monkeypatch.delenv(key)
     return env
+
+
+@pytest.fixture(autouse=True)
+def api_port(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every service a test starts listens on a free loopback port, never on the default
+    8080 that something else on the machine may hold."""
+    listen = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("TRAFFICFLIP_API__LISTEN", listen)
+    return listen
