@@ -170,19 +170,21 @@ class Elbv2Provider(Provider):
         """
         actions = await self._actions(plan.services)
         arns: list[str] = []
-        errors: list[ProviderError] = []
+        errors: dict[str, ProviderError] = {}
         for service in plan.services:
             try:
                 await self._write(service, actions.get(service.name), plan)
                 arns.append(_arn(service))
             except ProviderError as exc:
-                errors.append(exc)
+                errors[service.name] = exc
         if errors:
-            permanent = [e for e in errors if isinstance(e, PermanentProviderError)]
-            text = "; ".join(str(e) for e in errors)
+            permanent = [e for e in errors.values() if isinstance(e, PermanentProviderError)]
+            text = "; ".join(str(e) for e in errors.values())
+            failed = frozenset(errors)
             if permanent:
-                raise PermanentProviderError(text, kind=permanent[0].kind)
-            raise TransientProviderError(text, kind=errors[0].kind)
+                raise PermanentProviderError(text, kind=permanent[0].kind, services=failed)
+            first = next(iter(errors.values()))
+            raise TransientProviderError(text, kind=first.kind, services=failed)
         return Receipt(self.name, tuple(arns), time.time(), in_sync=True)
 
     async def _write(

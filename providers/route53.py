@@ -163,16 +163,19 @@ class Route53Provider(Provider):
         by_zone: dict[str, list[Change]] = defaultdict(list)
         for change in plan.changes:
             by_zone[await self.zone_id(str(change.service.zone))].append(change)
+        owners = {_fqdn(str(c.service.record)): c.service.name for c in plan.changes}
         change_ids: list[str] = []
         in_sync = True
         for zone_id, changes in by_zone.items():
             for batch in _batches([self._change(c) for c in changes]):
-                info = await self._submit(zone_id, batch)
+                info = await self._submit(zone_id, batch, owners)
                 change_ids.append(info["Id"])
                 in_sync = in_sync and info["Status"] == "INSYNC"
         return Receipt(self.name, tuple(change_ids), time.time(), in_sync)
 
-    async def _submit(self, zone_id: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _submit(
+        self, zone_id: str, batch: list[dict[str, Any]], owners: Mapping[str, str]
+    ) -> dict[str, Any]:
         try:
             reply = await self._call(
                 "ChangeResourceRecordSets",
@@ -180,29 +183,34 @@ class Route53Provider(Provider):
                 HostedZoneId=zone_id,
                 ChangeBatch={"Changes": batch},
             )
-        except PermanentProviderError:
+        except PermanentProviderError as exc:
             names = {c["ResourceRecordSet"]["Name"] for c in batch}
             if len(names) == 1:
+                exc.services = frozenset(owners.get(_fqdn(n), n) for n in names)
                 raise
             # One bad record must not block every other flip in the zone: retry per name.
             log.warning("batch_rejected zone=%s names=%d splitting", zone_id, len(names))
-            return await self._submit_per_name(zone_id, batch)
+            return await self._submit_per_name(zone_id, batch, owners)
         info: dict[str, Any] = reply["ChangeInfo"]
         return info
 
-    async def _submit_per_name(self, zone_id: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _submit_per_name(
+        self, zone_id: str, batch: list[dict[str, Any]], owners: Mapping[str, str]
+    ) -> dict[str, Any]:
         per_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for change in batch:
             per_name[change["ResourceRecordSet"]["Name"]].append(change)
-        errors: list[str] = []
+        errors: list[PermanentProviderError] = []
         last: dict[str, Any] = {}
         for changes in per_name.values():
             try:
-                last = await self._submit(zone_id, changes)
+                last = await self._submit(zone_id, changes, owners)
             except PermanentProviderError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
         if errors:
-            raise PermanentProviderError("; ".join(errors), kind="InvalidChangeBatch")
+            failed = frozenset(s for e in errors for s in e.services or ())
+            text = "; ".join(str(e) for e in errors)
+            raise PermanentProviderError(text, kind=errors[0].kind, services=failed)
         return last
 
     def _change(self, change: Change) -> dict[str, Any]:

@@ -151,7 +151,7 @@ async def test_reconcile_corrects_drift_and_journals_it() -> None:
     rig.provider.answers["www"]["dr"] = Answer("dr", frozenset({"198.51.100.20"}), 100, 1)
     await rig.engine.reconcile()
     assert rig.provider.weights("www") == {"primary": 100, "dr": 0}
-    assert rig.store.journal("www")[-1].kind == "provider_change"
+    assert rig.store.journal("www")[-1].kind == "drift"
 
 
 async def test_services_flipping_together_go_in_one_apply() -> None:
@@ -197,3 +197,35 @@ async def test_commands_from_the_store_are_taken_on_tick(command: str) -> None:
     assert "hold: automatic changes frozen (change window) by cli" in [
         e.message for e in rig.store.journal("www")
     ]
+
+
+async def test_one_refused_service_does_not_hold_back_the_others() -> None:
+    rig = Rig(services=3)
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    rig.provider.refuse = frozenset({"s1"})
+    rig.probe("primary", False)
+    await rig.settle()
+    assert rig.provider.weights("www")["dr"] == 100
+    assert rig.provider.weights("s2")["dr"] == 100
+    assert rig.provider.weights("s1")["dr"] == 0
+    # The services that landed count as applied (their ramps may go on); only s1 failed.
+    assert rig.engine.states["www"].applied_at is not None
+    assert rig.engine.states["s1"].applied_at is None
+    assert rig.store.journal("www")[-1].kind == "provider_change"
+    assert rig.store.journal("s1")[-1].kind == "provider_error"
+    rig.provider.refuse = frozenset()
+    await rig.engine.reconcile()
+    assert rig.provider.weights("s1")["dr"] == 100
+
+
+async def test_lagging_instances_reach_the_provider_status() -> None:
+    rig = Rig()
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    rig.provider.lagging_instances = ("/run/haproxy-b.sock",)
+    await rig.engine.reconcile()
+    assert rig.engine.provider_status["mem"].lagging == ("/run/haproxy-b.sock",)
+    rig.provider.lagging_instances = ()
+    await rig.engine.reconcile()
+    assert rig.engine.provider_status["mem"].lagging == ()

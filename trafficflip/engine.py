@@ -9,17 +9,15 @@ failover reaches the provider within fall x interval plus the time of the calls.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from trafficflip.commands import CommandError, apply_command
 from trafficflip.decide import decide
 from trafficflip.errors import PermanentProviderError, ProviderError, UnsafePlanError
-from trafficflip.health import CheckHealth, observe, site_health
 from trafficflip.model import (
     Answer,
     Event,
@@ -29,27 +27,18 @@ from trafficflip.model import (
     SiteHealth,
     Status,
 )
+from trafficflip.monitor import GATES, HealthMonitor
 from trafficflip.plan import Plan, plan_services, render
 from trafficflip.provider import Provider, Receipt
 from trafficflip.retry import backoff_delay
-from trafficflip.settings import Check, HealthConfig, ServiceConfig
+from trafficflip.settings import ServiceConfig
 from trafficflip.state import ChangeRecord, Command, StateStore
 from trafficflip.validation import Config
 
 log = logging.getLogger("trafficflip")
-GATES = "__gates__"
 RETRY_CAP = 30.0
 # GetChange is rate-limited with everything else: ask about pending changes this often.
 CONFIRM_EVERY = 5.0
-
-
-@dataclass(frozen=True)
-class ProbeJob:
-    """One check to probe; identical checks of several services are probed once."""
-
-    key: str
-    check: Check
-    health: HealthConfig
 
 
 @dataclass
@@ -62,14 +51,8 @@ class ProviderStatus:
     errors: int = 0
     failures_in_row: int = 0
     last_success: float | None = None
-
-
-@dataclass
-class ServiceRuntime:
-    """Per-service wiring: which probe keys make up each site and the gates."""
-
-    config: ServiceConfig
-    site_checks: dict[str, list[str]] = field(default_factory=dict)
+    # Instances of the backend not holding the last answers (see Provider.lagging_instances).
+    lagging: tuple[str, ...] = ()
 
 
 class EngineListener:
@@ -92,12 +75,6 @@ class EngineListener:
         was applied (an empty plan, or a failure before the apply)."""
 
 
-def check_key(check: Check, health: HealthConfig) -> str:
-    return json.dumps(
-        [check.model_dump(mode="json"), health.model_dump(mode="json")], sort_keys=True
-    )
-
-
 class Engine:
     """Holds health and state for every service and drives providers towards decisions."""
 
@@ -112,10 +89,10 @@ class Engine:
         self.store = store
         self.providers = providers
         self.clock = clock
-        self.jobs: dict[str, ProbeJob] = {}
-        self.checks: dict[str, CheckHealth] = {}
-        self.subscribers: dict[str, set[str]] = defaultdict(set)
-        self.services: dict[str, ServiceRuntime] = {}
+        self.monitor = HealthMonitor(config.services)
+        # Shared with the monitor, for readers (status, metrics, the scheduler).
+        self.jobs, self.checks = self.monitor.jobs, self.monitor.checks
+        self.services = self.monitor.services
         self.states: dict[str, ServiceState] = {}
         self.provider_status = {name: ProviderStatus() for name in providers}
         self._pending: set[str] = set()
@@ -126,53 +103,21 @@ class Engine:
         self._wakeups: dict[str, asyncio.TimerHandle] = {}
         self.listeners: list[EngineListener] = []
         for service in config.services:
-            self._wire(service)
             self.states[service.name] = store.load(service.name) or ServiceState()
-
-    def _wire(self, service: ServiceConfig) -> None:
-        runtime = ServiceRuntime(service)
-        groups = {site.name: site.checks for site in service.sites}
-        groups[GATES] = service.failback.gates
-        for group, checks in groups.items():
-            keys = []
-            for check in checks:
-                key = check_key(check, service.health)
-                self.jobs.setdefault(key, ProbeJob(key, check, service.health))
-                self.checks.setdefault(key, CheckHealth())
-                self.subscribers[key].add(service.name)
-                keys.append(key)
-            runtime.site_checks[group] = keys
-        self.services[service.name] = runtime
 
     # -- health -----------------------------------------------------------------------------
 
     def observe(self, key: str, result: ProbeResult) -> None:
         """Fold a probe result in; converge at once the services whose health changed."""
-        job = self.jobs[key]
         self._emit("probed", key, result)
-        before = self.checks[key]
-        after = observe(before, result, rise=job.health.rise, fall=job.health.fall)
-        self.checks[key] = after
-        if after.status is not before.status or after.settled(job.health.rise) != before.settled(
-            job.health.rise
-        ):
-            for name in self.subscribers[key]:
-                self.request(name)
+        for name in self.monitor.observe(key, result):
+            self.request(name)
 
     def site_health(self, service: str) -> dict[str, SiteHealth]:
-        runtime = self.services[service]
-        require = runtime.config.health.require
-        return {
-            group: site_health([self.checks[k] for k in keys], "all" if group == GATES else require)
-            for group, keys in runtime.site_checks.items()
-        }
+        return self.monitor.site_health(service)
 
     def started(self, service: str) -> bool:
-        runtime = self.services[service]
-        rise = runtime.config.health.rise
-        return all(
-            self.checks[k].settled(rise) for keys in runtime.site_checks.values() for k in keys
-        )
+        return self.monitor.started(service)
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -320,6 +265,7 @@ class Engine:
         provider = self.providers[provider_name]
         status = self.provider_status[provider_name]
         took: float | None = None
+        plan: Plan | None = None
         try:
             actual = await provider.read(services)
             plan = plan_services(
@@ -331,9 +277,15 @@ class Engine:
             receipt = await provider.apply(plan)
             took = time.monotonic() - started if plan else None
         except (ProviderError, UnsafePlanError) as exc:
-            self._provider_failed(provider_name, services, exc)
+            status.lagging = provider.lagging_instances
+            failed = [s for s in services if s.name in (getattr(exc, "services", None) or ())]
+            if plan is not None and apply and failed:
+                # The provider applied the rest of the plan before naming these.
+                self._applied(provider_name, [s for s in services if s not in failed], plan, None)
+            self._provider_failed(provider_name, failed or services, exc)
             self._emit("provider_synced", provider_name, exc, took)
             return None
+        status.lagging = provider.lagging_instances
         status.ok, status.error, status.failures_in_row = True, "", 0
         status.last_success = self.clock()
         self._applied(provider_name, services, plan, receipt)
@@ -354,7 +306,15 @@ class Engine:
             entries = []
             if changes:
                 text = "; ".join(str(c) for c in changes)
-                log.info("provider_change %s: %s", service.name, text)
+                # Shares already applied, yet the backend differed: someone changed it.
+                kind = "drift" if state.applied_at is not None else "provider_change"
+                log.log(
+                    logging.WARNING if kind == "drift" else logging.INFO,
+                    "%s %s: %s",
+                    kind,
+                    service.name,
+                    text,
+                )
                 data: dict[str, object] = {"provider": provider_name}
                 if receipt is not None:
                     data["change_ids"] = list(receipt.change_ids)
@@ -368,7 +328,7 @@ class Engine:
                             now if receipt.in_sync else None,
                         )
                     )
-                entries.append(JournalEntry(now, service.name, "provider_change", text, data))
+                entries.append(JournalEntry(now, service.name, kind, text, data))
             if state.applied_at is None or entries:
                 state = replace(state, applied_at=now)
                 self.states[service.name] = state

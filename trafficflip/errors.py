@@ -29,14 +29,21 @@ class ConfigError(TrafficflipError):
 
 
 class ProviderError(TrafficflipError):
-    """A provider call failed. ``kind`` is a short label for metrics and status."""
+    """A provider call failed. ``kind`` is a short label for metrics and status.
+
+    ``services`` names the services the failure is about when a provider applied the rest of
+    a plan (one bad record must not block every other flip); ``None`` means all of them.
+    """
 
     kind = "provider"
 
-    def __init__(self, message: str, *, kind: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, kind: str | None = None, services: frozenset[str] | None = None
+    ) -> None:
         super().__init__(message)
         if kind is not None:
             self.kind = kind
+        self.services = services
 
 
 class TransientProviderError(ProviderError):
@@ -45,9 +52,14 @@ class TransientProviderError(ProviderError):
     kind = "transient"
 
     def __init__(
-        self, message: str, *, kind: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        kind: str | None = None,
+        services: frozenset[str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, kind=kind)
+        super().__init__(message, kind=kind, services=services)
         self.retry_after = retry_after
 
 

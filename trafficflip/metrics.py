@@ -22,8 +22,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from trafficflip.engine import GATES, Engine, EngineListener
+from trafficflip.engine import Engine, EngineListener
 from trafficflip.model import JournalEntry, ProbeResult, Status
+from trafficflip.monitor import GATES
 from trafficflip.scheduler import Runner
 from trafficflip.views import describe_check
 

@@ -28,7 +28,8 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from trafficflip.engine import Engine, ProbeJob
+from trafficflip.engine import Engine
+from trafficflip.monitor import ProbeJob
 from trafficflip.probes import Prober
 
 log = logging.getLogger("trafficflip.scheduler")

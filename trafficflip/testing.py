@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pydantic import BaseModel
 
+from trafficflip.errors import PermanentProviderError
 from trafficflip.model import Answer
 from trafficflip.plan import Plan
 from trafficflip.provider import Provider, Receipt
@@ -30,6 +31,8 @@ class MemoryProvider(Provider):
         super().__init__(name, MemoryConfig())
         self.answers: dict[str, dict[str | None, Answer]] = {}
         self.fail: Callable[[], Exception] | None = None
+        # Services whose changes are refused while the rest of a plan is applied.
+        self.refuse: frozenset[str] = frozenset()
         self.applies = 0
 
     async def read(self, services: Sequence[ServiceConfig]) -> Mapping[str, tuple[Answer, ...]]:
@@ -44,11 +47,18 @@ class MemoryProvider(Provider):
             raise self.fail()
         self.applies += 1
         for change in plan.changes:
+            if change.service.name in self.refuse:
+                continue
             held = self.answers.setdefault(change.service.name, {})
             if change.after is None:
                 held.pop(change.before.site if change.before else None, None)
             else:
                 held[change.after.site] = change.after
+        refused = self.refuse & {s.name for s in plan.services}
+        if refused:
+            raise PermanentProviderError(
+                f"refused {', '.join(sorted(refused))}", kind="refused", services=refused
+            )
         return Receipt(self.name, (f"c{self.applies}",), 0.0)
 
     def weights(self, service: str) -> dict[str | None, int | None]:

@@ -13,9 +13,10 @@ import httpx
 from pydantic import BaseModel, Field
 
 from trafficflip.decide import site_order
-from trafficflip.engine import GATES, Engine
+from trafficflip.engine import Engine
 from trafficflip.health import CheckHealth
 from trafficflip.model import JournalEntry
+from trafficflip.monitor import GATES
 from trafficflip.settings import Check, DnsCheck, HttpCheck, TcpCheck
 from trafficflip.status import phase
 
@@ -81,6 +82,9 @@ class ServiceView(BaseModel):
     gates: list[CheckView]
     ramp: RampView | None
     last_change: ChangeView | None
+    lagging_instances: list[str] = Field(
+        default=[], description="backend instances not holding the last change (HAProxy)"
+    )
     journal: list[JournalView]
 
 
@@ -148,6 +152,7 @@ def service_view(engine: Engine, name: str, now: float, journal: int) -> Service
         sites=sites,
         gates=[check_view(engine, k) for k in runtime.site_checks[GATES]],
         ramp=_ramp_view(engine, name),
+        lagging_instances=list(engine.provider_status[config.provider].lagging),
         last_change=None
         if change is None
         else ChangeView(
