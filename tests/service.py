@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -64,27 +65,24 @@ class Receiver:
         self._thread.join(timeout=5)
 
 
-class Service:
-    """Two sites, a hosted zone, a webhook receiver and ``trafficflip run`` with its API."""
+class Deployment:
+    """Two loopback sites, a Route53 hosted zone in moto, and ``trafficflip run`` on them.
+
+    ``TRAFFICFLIP_CONFIG`` is in ``env``, so CLI commands find the config without ``--config``.
+    """
 
     def __init__(
         self,
         tmp_path: Path,
         moto: MotoServer,
         *,
-        tokens: dict[str, str] | None = None,
         steps: list[int] | None = None,
-        extra_env: dict[str, str] | None = None,
+        step_duration: str = "1s",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.tmp_path = tmp_path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **moto.env(),
-            "TRAFFICFLIP_API__LISTEN": f"127.0.0.1:{self.port}",
-            "TRAFFICFLIP_API__TOKENS": json.dumps({"ops": TOKEN} if tokens is None else tokens),
-            **(extra_env or {}),
-        }
+        self.config = tmp_path / "trafficflip.yaml"
+        self.env = {**moto.env(), "TRAFFICFLIP_CONFIG": str(self.config), **(env or {})}
         self.route53 = boto3.client(
             "route53",
             endpoint_url=moto.url,
@@ -92,26 +90,19 @@ class Service:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
-        zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference="ops")
+        zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference="e2e")
         self.zone_id = zone["HostedZone"]["Id"]
         self.primary, self.dr = HttpSite().start(), HttpSite().start()
-        self.receiver = Receiver()
-        self.config = tmp_path / "trafficflip.yaml"
-        self.config.write_text(yaml.safe_dump(self._config(steps or [50, 100])))
+        self.config.write_text(yaml.safe_dump(self.config_data(steps or [50, 100], step_duration)))
         self.process: Process | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.runs = 0
 
-    def _config(self, steps: list[int]) -> dict[str, Any]:
-        site = {"health": {"interval": INTERVAL, "timeout": 0.15, "fall": FALL, "rise": RISE}}
+    def config_data(self, steps: list[int], step_duration: str) -> dict[str, Any]:
         return {
             "state": f"sqlite:///{self.tmp_path / 'state.db'}",
             "reconcile_interval": "2s",
             "log_level": "debug",
             "providers": {"aws": {"type": "route53"}},
-            "notify": [
-                {"name": "generic", "url": self.receiver.url("/json")},
-                {"name": "chat", "url": self.receiver.url("/slack"), "format": "slack"},
-            ],
             "services": [
                 {
                     "name": "www",
@@ -120,8 +111,8 @@ class Service:
                     "record": "www.example.com.",
                     "type": "A",
                     "ttl": 1,
-                    **site,
-                    "failback": {"stabilize": "1s", "steps": steps, "step_duration": "1s"},
+                    "health": {"interval": INTERVAL, "timeout": 0.15, "fall": FALL, "rise": RISE},
+                    "failback": {"stabilize": "1s", "steps": steps, "step_duration": step_duration},
                     "sites": [
                         {
                             "name": "primary",
@@ -139,10 +130,11 @@ class Service:
         }
 
     def start(self) -> None:
+        self.runs += 1
         self.process = Process(
             trafficflip_command("run", "--config", str(self.config)),
             env=self.env,
-            log=self.tmp_path / "run.log",
+            log=self.tmp_path / f"run{self.runs}.log",
             cwd=ROOT,
         )
 
@@ -152,6 +144,58 @@ class Service:
             r["SetIdentifier"]: r["Weight"]
             for r in sets["ResourceRecordSets"]
             if r["Name"] == "www.example.com." and "SetIdentifier" in r
+        }
+
+    def output(self) -> str:
+        return self.process.output() if self.process else ""
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> Any:
+        return subprocess.run(
+            trafficflip_command(*args),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env={**os.environ, **self.env, **(env or {})},
+        )
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        self.primary.stop()
+        self.dr.stop()
+
+
+class Service(Deployment):
+    """A deployment with its API on a free port, API tokens and a webhook receiver."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        moto: MotoServer,
+        *,
+        tokens: dict[str, str] | None = None,
+        steps: list[int] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.receiver = Receiver()
+        env = {
+            "TRAFFICFLIP_API__LISTEN": f"127.0.0.1:{self.port}",
+            "TRAFFICFLIP_API__TOKENS": json.dumps({"ops": TOKEN} if tokens is None else tokens),
+            **(extra_env or {}),
+        }
+        super().__init__(tmp_path, moto, steps=steps, env=env)
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def config_data(self, steps: list[int], step_duration: str) -> dict[str, Any]:
+        return {
+            **super().config_data(steps, step_duration),
+            "notify": [
+                {"name": "generic", "url": self.receiver.url("/json")},
+                {"name": "chat", "url": self.receiver.url("/slack"), "format": "slack"},
+            ],
         }
 
     def answering(self) -> bool:
@@ -174,25 +218,7 @@ class Service:
         result: dict[str, Any] = response.json()
         return result
 
-    def output(self) -> str:
-        return self.process.output() if self.process else ""
-
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> Any:
-        import subprocess
-
-        return subprocess.run(
-            trafficflip_command(*args),
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-            env={**os.environ, **self.env, **(env or {})},
-        )
-
     def close(self) -> None:
-        if self.process is not None:
-            self.process.stop()
+        super().close()
         self.http.close()
-        self.primary.stop()
-        self.dr.stop()
         self.receiver.stop()

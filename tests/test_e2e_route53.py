@@ -2,109 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
-import yaml
 
-from tests.support import ROOT, HttpSite, MotoServer, Process, trafficflip_command, wait_until
-
-INTERVAL, FALL, RISE = 0.2, 2, 2
-
-
-class Deployment:
-    """Two sites, a hosted zone, a config file and the running service."""
-
-    def __init__(
-        self, tmp_path: Path, moto: MotoServer, steps: list[int], step_duration: str = "1s"
-    ) -> None:
-        self.tmp_path = tmp_path
-        self.env = moto.env()
-        self.route53 = boto3.client(
-            "route53",
-            endpoint_url=moto.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference="e2e")
-        self.zone_id = zone["HostedZone"]["Id"]
-        self.primary, self.dr = HttpSite().start(), HttpSite().start()
-        self.config = tmp_path / "trafficflip.yaml"
-        self.config.write_text(yaml.safe_dump(self._config(steps, step_duration)))
-        self.process: Process | None = None
-        self.runs = 0
-
-    def _config(self, steps: list[int], step_duration: str) -> dict[str, Any]:
-        return {
-            "state": f"sqlite:///{self.tmp_path / 'state.db'}",
-            "reconcile_interval": "2s",
-            "log_level": "debug",
-            "providers": {"aws": {"type": "route53"}},
-            "services": [
-                {
-                    "name": "www",
-                    "provider": "aws",
-                    "zone": "example.com.",
-                    "record": "www.example.com.",
-                    "type": "A",
-                    "ttl": 1,
-                    "health": {"interval": INTERVAL, "timeout": 0.15, "fall": FALL, "rise": RISE},
-                    "failback": {"stabilize": "1s", "steps": steps, "step_duration": step_duration},
-                    "sites": [
-                        {
-                            "name": "primary",
-                            "targets": ["192.0.2.10"],
-                            "checks": [{"type": "http", "url": self.primary.url, "body": "ok"}],
-                        },
-                        {
-                            "name": "dr",
-                            "targets": ["198.51.100.20"],
-                            "checks": [{"type": "http", "url": self.dr.url}],
-                        },
-                    ],
-                }
-            ],
-        }
-
-    def start(self) -> None:
-        self.runs += 1
-        self.process = Process(
-            trafficflip_command("run", "--config", str(self.config)),
-            env=self.env,
-            log=self.tmp_path / f"run{self.runs}.log",
-            cwd=ROOT,
-        )
-
-    def weights(self) -> dict[str, int]:
-        sets = self.route53.list_resource_record_sets(HostedZoneId=self.zone_id)
-        return {
-            r["SetIdentifier"]: r["Weight"]
-            for r in sets["ResourceRecordSets"]
-            if r["Name"] == "www.example.com." and "SetIdentifier" in r
-        }
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            trafficflip_command(*args, "--config", str(self.config)),
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-            env={**os.environ, **self.env},
-        )
-
-    def close(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-        self.primary.stop()
-        self.dr.stop()
+from tests.service import FALL, INTERVAL, PRIMARY, STANDBY, Deployment
+from tests.support import MotoServer, wait_until
 
 
 @pytest.fixture
@@ -112,10 +17,6 @@ def deployment(tmp_path: Path, moto_server: MotoServer) -> Iterator[Deployment]:
     deployment = Deployment(tmp_path, moto_server, steps=[25, 50, 100])
     yield deployment
     deployment.close()
-
-
-PRIMARY = {"primary": 100, "dr": 0}
-STANDBY = {"primary": 0, "dr": 100}
 
 
 def record_until(
