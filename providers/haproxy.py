@@ -18,7 +18,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -285,14 +285,19 @@ class HaproxyProvider(Provider):
         the others were updated, raises ``TransientProviderError`` naming it.
         """
         writes = _writes(plan)
-        commands = [f"set server {be}/{srv} weight {w}" for _, be, srv, w in writes]
+        commands = [f"set server {w.backend}/{w.server} weight {w.weight}" for w in writes]
         results = await self._everywhere(lambda api: api.run(commands))
-        self._written.update({(be, srv): w for _, be, srv, w in writes})
-        whose = [who for who, *_ in writes]
-        refused, unreachable = _outcomes(list(zip(whose, commands, strict=True)), results)
+        self._written.update({(w.backend, w.server): w.weight for w in writes})
+        refused, unreachable = _outcomes(list(zip(writes, commands, strict=True)), results)
         self.lagging_instances = tuple(unreachable)
         if refused:
-            raise PermanentProviderError("; ".join(refused), kind="refused")
+            # HAProxy ran every other command of the line: only these services failed.
+            services = {service for service, _ in refused}
+            raise PermanentProviderError(
+                "; ".join(text for _, text in refused),
+                kind="refused",
+                services=None if None in services else frozenset(str(s) for s in services),
+            )
         if unreachable:
             updated = [api.label for api in self.apis if api.label not in unreachable]
             lagging = "; ".join(f"{label} lags ({why})" for label, why in unreachable.items())
@@ -325,23 +330,24 @@ class HaproxyProvider(Provider):
 
 
 def _outcomes(
-    commands: list[tuple[str, str]],
+    commands: list[tuple[Write, str]],
     results: Sequence[tuple[RuntimeApi, list[str] | BaseException]],
-) -> tuple[list[str], dict[str, str]]:
-    """HAProxy's refusals as text, and the reason each unreachable instance gave."""
-    refused: list[str] = []
+) -> tuple[list[tuple[str | None, str]], dict[str, str]]:
+    """HAProxy's refusals as (service, text), the service ``None`` when a whole instance
+    refused; and the reason each unreachable instance gave."""
+    refused: list[tuple[str | None, str]] = []
     unreachable: dict[str, str] = {}
     for api, result in results:
         if isinstance(result, TransientProviderError):
             unreachable[api.label] = str(result).removeprefix(f"haproxy {api.label}: ")
         elif isinstance(result, ProviderError):
-            refused.append(str(result))
+            refused.append((None, str(result)))
         elif isinstance(result, BaseException):
             raise result
         else:
             refused.extend(
-                f"haproxy {api.label}: {who}: {command}: {response}"
-                for (who, command), response in zip(commands, result, strict=True)
+                (write.service, f"haproxy {api.label}: {write.who}: {command}: {response}")
+                for (write, command), response in zip(commands, result, strict=True)
                 if response.strip()
             )
     return refused, unreachable
@@ -393,11 +399,24 @@ def _answers(
     return tuple(answers)
 
 
-def _writes(plan: Plan) -> list[tuple[str, str, str, int]]:
-    """(service and site, backend, server, weight) for every server of every changed site,
-    raised weights first."""
+class Write(NamedTuple):
+    """One server's new weight, and the service and site it is for."""
+
+    service: str
+    site: str | None
+    backend: str
+    server: str
+    weight: int
+
+    @property
+    def who(self) -> str:
+        return f"service {self.service} site {self.site}"
+
+
+def _writes(plan: Plan) -> list[Write]:
+    """A write for every server of every changed site, raised weights first."""
     changes = sorted((c for c in plan.changes if c.after is not None), key=_lowers)
-    writes: list[tuple[str, str, str, int]] = []
+    writes: list[Write] = []
     for change in changes:
         assert change.after is not None
         weight = change.after.weight or 0
@@ -407,9 +426,11 @@ def _writes(plan: Plan) -> list[tuple[str, str, str, int]]:
                 f"0-{HaproxyProvider.MAX_WEIGHT}",
                 kind="InvalidWeight",
             )
-        who = f"service {change.service.name} site {change.site}"
         backend = str(change.service.backend)
-        writes.extend((who, backend, t, weight) for t in sorted(change.after.targets))
+        writes.extend(
+            Write(change.service.name, change.site, backend, t, weight)
+            for t in sorted(change.after.targets)
+        )
     return writes
 
 

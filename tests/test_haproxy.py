@@ -188,8 +188,10 @@ async def test_a_refused_command_surfaces_haproxys_message(haproxy: HaproxyServe
     desired = render(service, {"primary": 100}, weighted=True)
     plan = make_plan(diff(service, desired, []), {service.name: desired})
     refusal = "service www site primary: set server be/a9 weight 100: No such server"
-    with pytest.raises(PermanentProviderError, match=refusal):
+    with pytest.raises(PermanentProviderError, match=refusal) as raised:
         await provider._apply(plan)
+    assert raised.value.services == frozenset({"www"})  # the service the refusal is about
+    assert haproxy.weights()["a1"] == 100  # HAProxy ran the line's other commands
 
 
 async def test_check_live_reports_an_unreachable_instance(tmp_path: Path) -> None:
