@@ -393,9 +393,6 @@ class Engine:
                     "in_sync %s: change %s after %.1fs", name, ",".join(record.change_ids), lag
                 )
 
-    def gates_status(self, service: str) -> Status:
-        return self.site_health(service)[GATES].status
-
     def _emit(self, hook: str, *args: object) -> None:
         for listener in self.listeners:
             try:
