@@ -326,14 +326,7 @@ def _planned_weights(plan: Plan, service: ServiceConfig) -> dict[str, int]:
     for change in plan.for_service(service.name):
         if change.after is None:
             continue
-        weight = change.after.weight or 0
-        if not 0 <= weight <= Elbv2Provider.MAX_WEIGHT:
-            raise PermanentProviderError(
-                f"elbv2: weight {weight} for {service.name} {change.site} is outside "
-                f"0-{Elbv2Provider.MAX_WEIGHT}",
-                kind="InvalidWeight",
-            )
-        weights.update(dict.fromkeys(change.after.targets, weight))
+        weights.update(dict.fromkeys(change.after.targets, change.after.weight or 0))
     return weights
 
 

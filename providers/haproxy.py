@@ -420,12 +420,6 @@ def _writes(plan: Plan) -> list[Write]:
     for change in changes:
         assert change.after is not None
         weight = change.after.weight or 0
-        if not 0 <= weight <= HaproxyProvider.MAX_WEIGHT:
-            raise PermanentProviderError(
-                f"haproxy: weight {weight} for {change.service.name} {change.site} is outside "
-                f"0-{HaproxyProvider.MAX_WEIGHT}",
-                kind="InvalidWeight",
-            )
         backend = str(change.service.backend)
         writes.extend(
             Write(change.service.name, change.site, backend, t, weight)

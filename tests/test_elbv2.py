@@ -15,7 +15,7 @@ import yaml
 
 from providers.elbv2 import Elbv2Config, Elbv2Provider
 from tests.support import ROOT, trafficflip_command
-from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.errors import PermanentProviderError, TransientProviderError, UnsafePlanError
 from trafficflip.model import Answer
 from trafficflip.plan import Change, Plan, diff, make_plan, render
 from trafficflip.settings import ServiceConfig
@@ -214,8 +214,9 @@ async def test_weights_above_elbv2s_range_are_refused(aws: Aws) -> None:
     listener = aws.listener({aws.groups["primary"]: 1})
     service = pool(aws, listener_arn=listener)
     after = Answer("primary", frozenset({aws.groups["primary"]}), 1000)
-    with pytest.raises(PermanentProviderError, match="weight 1000 .* outside 0-999"):
-        await provider()._apply(make_plan([Change(service, "update", None, after)], {}))
+    plan = make_plan([Change(service, "update", None, after)], {service.name: (after,)})
+    with pytest.raises(UnsafePlanError, match="weight 1000 .* outside 0-999"):
+        await provider().apply(plan)
     assert aws.weights(aws.forward(listener)) == {"primary": 1}
 
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
+from trafficflip.errors import UnsafePlanError
 from trafficflip.model import Answer
 from trafficflip.plan import Plan, check_safe
 from trafficflip.retry import retry_transient
@@ -93,8 +94,19 @@ class Provider(ABC):
         for service in plan.services:
             # A plan built without its desired answers cannot be checked: refuse it.
             check_safe(service, plan.desired.get(service.name, ()))
+        self._check_weights(plan)
         log.info("apply provider=%s %s", self.name, plan.summary)
         return await retry_transient(lambda: self._apply(plan), what=f"{self.name} apply")
+
+    def _check_weights(self, plan: Plan) -> None:
+        """Refuse weights the backend cannot hold (some emulations accept them silently)."""
+        for change in plan.changes:
+            weight = change.after.weight if change.after is not None else None
+            if weight is not None and not 0 <= weight <= self.MAX_WEIGHT:
+                raise UnsafePlanError(
+                    f"{self.TYPE} {self.name}: weight {weight} for {change.service.name} "
+                    f"{change.site} is outside 0-{self.MAX_WEIGHT}"
+                )
 
     async def confirm(self, receipt: Receipt) -> bool:
         """True once the change has reached every server that answers for it."""
