@@ -79,8 +79,11 @@ class Deployment:
         steps: list[int] | None = None,
         step_duration: str = "1s",
         env: dict[str, str] | None = None,
+        names: tuple[str, ...] = ("www",),
+        fall: int = FALL,
     ) -> None:
         self.tmp_path = tmp_path
+        self.names, self.fall = names, fall
         self.config = tmp_path / "trafficflip.yaml"
         self.env = {**moto.env(), "TRAFFICFLIP_CONFIG": str(self.config), **(env or {})}
         self.route53 = boto3.client(
@@ -105,13 +108,18 @@ class Deployment:
             "providers": {"aws": {"type": "route53"}},
             "services": [
                 {
-                    "name": "www",
+                    "name": name,
                     "provider": "aws",
                     "zone": "example.com.",
-                    "record": "www.example.com.",
+                    "record": f"{name}.example.com.",
                     "type": "A",
                     "ttl": 1,
-                    "health": {"interval": INTERVAL, "timeout": 0.15, "fall": FALL, "rise": RISE},
+                    "health": {
+                        "interval": INTERVAL,
+                        "timeout": 0.15,
+                        "fall": self.fall,
+                        "rise": RISE,
+                    },
                     "failback": {"stabilize": "1s", "steps": steps, "step_duration": step_duration},
                     "sites": [
                         {
@@ -126,6 +134,7 @@ class Deployment:
                         },
                     ],
                 }
+                for name in self.names
             ],
         }
 
@@ -138,12 +147,12 @@ class Deployment:
             cwd=ROOT,
         )
 
-    def weights(self) -> dict[str, int]:
+    def weights(self, name: str = "www") -> dict[str, int]:
         sets = self.route53.list_resource_record_sets(HostedZoneId=self.zone_id)
         return {
             r["SetIdentifier"]: r["Weight"]
             for r in sets["ResourceRecordSets"]
-            if r["Name"] == "www.example.com." and "SetIdentifier" in r
+            if r["Name"] == f"{name}.example.com." and "SetIdentifier" in r
         }
 
     def output(self) -> str:

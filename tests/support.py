@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import os
 import signal
@@ -60,10 +61,13 @@ class HttpSite:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 site.requests += 1
-                self.send_response(site.status)
-                self.send_header("Content-Length", str(len(site.body)))
-                self.end_headers()
-                self.wfile.write(site.body)
+                try:
+                    self.send_response(site.status)
+                    self.send_header("Content-Length", str(len(site.body)))
+                    self.end_headers()
+                    self.wfile.write(site.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the prober had what it needed (the status) and hung up
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -160,3 +164,79 @@ class MotoServer(Process):
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+
+
+ROUTE53_THROTTLED = (
+    b'<?xml version="1.0"?>\n<ErrorResponse xmlns="https://route53.amazonaws.com/doc/2013-04-01/">'
+    b"<Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>"
+    b"<RequestId>throttled</RequestId></ErrorResponse>"
+)
+
+
+class CountingProxy:
+    """A loopback HTTP proxy in front of moto that counts Route53 change calls and, with
+    ``max_changes_per_second``, refuses calls beyond that rate as Route53 does (Throttling)."""
+
+    def __init__(self, target: str, *, max_changes_per_second: float | None = None) -> None:
+        self.target = target.removeprefix("http://")
+        self.changes = 0
+        self.throttled = 0
+        self.requests = 0
+        self._rate = max_changes_per_second
+        self._recent: list[float] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length) if length else b""
+                with proxy._lock:
+                    proxy.requests += 1
+                if self.command == "POST" and self.path.endswith("/rrset") and not proxy.admit():
+                    self._reply(400, ROUTE53_THROTTLED, "text/xml")
+                    return
+                conn = http.client.HTTPConnection(proxy.target, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                conn.close()
+                self._reply(response.status, data, response.getheader("Content-Type", ""))
+
+            def _reply(self, status: int, data: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = do_PUT = _forward  # noqa: N815
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def admit(self) -> bool:
+        """Count a change call; False when it exceeds the enforced rate (one-second window)."""
+        with self._lock:
+            now = time.monotonic()
+            self._recent = [t for t in self._recent if t > now - 1.0]
+            if self._rate is not None and len(self._recent) >= self._rate:
+                self.throttled += 1
+                return False
+            self._recent.append(now)
+            self.changes += 1
+            return True
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.service import FALL, INTERVAL, PRIMARY, STANDBY, Deployment
-from tests.support import MotoServer, wait_until
+from tests.support import CountingProxy, MotoServer, wait_until
 
 
 @pytest.fixture
@@ -106,3 +106,36 @@ def test_plan_shows_changes_without_applying(deployment: Deployment) -> None:
     assert "+ www primary: 192.0.2.10 weight 100 ttl 1" in result.stdout
     assert "Creates=2, Updates=0, Deletes=0" in result.stdout
     assert deployment.weights() == {}
+    assert not (deployment.tmp_path / "state.db").exists()  # a preview creates nothing
+
+
+def test_plan_with_a_down_primary_writes_nothing(tmp_path: Path, moto_server: MotoServer) -> None:
+    """Several services, a dead primary under fall 3 / rise 2: the plan shows the failover
+    (it probes until every check is decided), and neither the backend nor the state moves."""
+    names = ("www", "api", "app")
+    deployment = Deployment(tmp_path, moto_server, names=names, fall=3)
+    proxy = CountingProxy(moto_server.url)
+    try:
+        deployment.start()
+        for name in names:
+            wait_until(lambda n=name: deployment.weights(n) == PRIMARY, timeout=20, what=name)
+        assert deployment.process is not None and deployment.process.stop() == 0
+        state = tmp_path / "state.db"
+        before = state.read_bytes()
+        journal = deployment.cli("status", "--json", "--journal", "200").stdout
+        deployment.primary.stop()
+        result = deployment.cli("plan", env={"AWS_ENDPOINT_URL": proxy.url})
+        assert result.returncode == 0, result.stderr
+        for name in names:
+            assert f"failover {name}: primary down" in result.stdout, result.stdout
+            assert f"~ {name} dr: 198.51.100.20 weight 0 ttl 1 -> 198.51.100.20 weight 100" in (
+                result.stdout
+            )
+        assert "WARNING" not in result.stderr, result.stderr  # the plan, not live events
+        assert proxy.requests > 0 and proxy.changes == 0  # it read through the proxy, wrote nothing
+        assert all(deployment.weights(n) == PRIMARY for n in names)
+        assert state.read_bytes() == before
+        assert deployment.cli("status", "--json", "--journal", "200").stdout == journal
+    finally:
+        proxy.stop()
+        deployment.close()

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -17,12 +17,16 @@ import httpx
 from trafficflip.engine import Engine
 from trafficflip.errors import ConfigError
 from trafficflip.logs import setup_logging
+from trafficflip.model import Status
+from trafficflip.monitor import ProbeJob
+from trafficflip.plan import Plan
 from trafficflip.probes import Prober
 from trafficflip.provider import Provider
 from trafficflip.scheduler import Runner
-from trafficflip.state import SqliteStateStore, open_store
+from trafficflip.state import SqliteStateStore, open_store, open_store_read_only
 from trafficflip.status import service_status, table
 from trafficflip.validation import Config, load_config
+from trafficflip.views import describe_check
 
 EXIT_CONFIG = 2
 COMMAND_WAIT = 5.0
@@ -95,25 +99,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 async def preview_plan(config: Config) -> str:
-    """Probe every check ``rise`` times, decide, and diff against the backends. Nothing is
-    written: decisions go to an in-memory copy of the stored state."""
-    stored = open_store(config.settings.state)
+    """Probe every check until its status is decided, decide on a scratch copy of the stored
+    state, and diff against the backends. Read-only by construction: the engine's providers
+    refuse every apply, and the stored state is opened read-only (never created)."""
     scratch = SqliteStateStore(":memory:")
-    for service in config.services:
-        state = stored.load(service.name)
-        if state is not None:
-            scratch.save(service.name, state, [])
-    stored.close()
-    engine = Engine(config, scratch, build_providers(config))
+    stored = open_store_read_only(config.settings.state)
+    if stored is not None:
+        for service in config.services:
+            state = stored.load(service.name)
+            if state is not None:
+                scratch.save(service.name, state, [])
+        stored.close()
+    engine = Engine(config, scratch, build_providers(config), read_only=True)
     prober = Prober()
-    for key, job in engine.jobs.items():
-        for _ in range(job.health.rise):
+
+    async def settle(key: str, job: ProbeJob) -> None:
+        # rise probes prove a site up, fall prove it down: a dead site needs fall of them.
+        for _ in range(max(job.health.rise, job.health.fall)):
             engine.observe(key, await prober.probe(job.check, job.health.timeout))
+
+    await asyncio.gather(*(settle(key, job) for key, job in engine.jobs.items()))
     await prober.close()
     plans = await engine.converge(list(engine.services), apply=False)
     for provider in engine.providers.values():
         await provider.close()
+    return _render_preview(engine, plans)
+
+
+def _render_preview(engine: Engine, plans: Mapping[str, Plan]) -> str:
     lines = []
+    undecided = [
+        f"  {describe_check(engine.jobs[key].check)}: {health.reason}"
+        for key, health in engine.checks.items()
+        if health.status is Status.UNKNOWN
+    ]
+    if undecided:
+        lines += ["Checks still undecided (no traffic change is based on them):", *undecided]
+    if engine.previewed:
+        lines.append("Decisions (preview, nothing applied):")
+        lines += [f"  {event.kind} {name}: {event.message}" for name, event in engine.previewed]
     for name in engine.providers:
         plan = plans.get(name)
         status = engine.provider_status[name]

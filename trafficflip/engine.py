@@ -30,6 +30,7 @@ from trafficflip.model import (
 from trafficflip.monitor import GATES, HealthMonitor
 from trafficflip.plan import Plan, plan_services, render
 from trafficflip.provider import Provider, Receipt
+from trafficflip.provider import read_only as read_only_provider
 from trafficflip.retry import backoff_delay
 from trafficflip.settings import ServiceConfig
 from trafficflip.state import ChangeRecord, Command, StateStore
@@ -84,10 +85,21 @@ class Engine:
         store: StateStore,
         providers: Mapping[str, Provider],
         clock: Callable[[], float] = time.time,
+        *,
+        read_only: bool = False,
     ) -> None:
+        """``read_only`` builds a preview engine (``plan``): providers refuse every apply,
+        nothing is scheduled or retried, and decisions are collected in ``previewed``
+        instead of being logged as if they had happened."""
         self.config = config
         self.store = store
-        self.providers = providers
+        self.read_only = read_only
+        self.providers = (
+            {name: read_only_provider(p) for name, p in providers.items()}
+            if read_only
+            else providers
+        )
+        self.previewed: list[tuple[str, Event]] = []
         self.clock = clock
         self.monitor = HealthMonitor(config.services)
         # Shared with the monitor, for readers (status, metrics, the scheduler).
@@ -123,6 +135,8 @@ class Engine:
 
     def request(self, service: str) -> None:
         """Converge ``service`` soon; requests arriving together are applied in one batch."""
+        if self.read_only:
+            return  # a preview converges once, explicitly, with apply=False
         self._pending.add(service)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
@@ -201,7 +215,7 @@ class Engine:
         handle = self._wakeups.pop(name, None)
         if handle is not None:
             handle.cancel()
-        if due is None or due <= self.clock():
+        if self.read_only or due is None or due <= self.clock():
             return
         try:
             loop = asyncio.get_running_loop()
@@ -213,6 +227,9 @@ class Engine:
         now = self.clock()
         entries = []
         for event in events:
+            if self.read_only:
+                self.previewed.append((name, event))
+                continue
             log.log(
                 logging.WARNING if event.kind in ("failover", "all_down") else logging.INFO,
                 "%s %s: %s",
@@ -368,6 +385,8 @@ class Engine:
 
     def _retry_later(self, name: str, delay: float) -> None:
         """The pending change stays in the state; ask again after ``delay``."""
+        if self.read_only:
+            return
         if name in self._retry_handles and not self._retry_handles[name].cancelled():
             self._retry_handles[name].cancel()
         loop = asyncio.get_running_loop()

@@ -122,3 +122,46 @@ class Provider(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release clients and sockets."""
+
+
+class ReadOnlyProvider(Provider):
+    """Wraps a provider for previews: reads go through, every apply is refused.
+
+    ``plan`` runs the engine over these, so no timing or code path can change a backend.
+    """
+
+    def __init__(self, inner: Provider) -> None:
+        super().__init__(inner.name, inner.config)
+        self.inner = inner
+
+    async def read(self, services: Sequence[ServiceConfig]) -> Mapping[str, tuple[Answer, ...]]:
+        """The wrapped provider's read."""
+        return await self.inner.read(services)
+
+    async def apply(self, plan: Plan) -> Receipt | None:
+        """Refuse: a preview never writes."""
+        if not plan:
+            return None
+        raise UnsafePlanError(f"{self.name}: read-only preview, refusing to apply {plan.summary}")
+
+    async def _apply(self, plan: Plan) -> Receipt:
+        raise UnsafePlanError(f"{self.name}: read-only preview")
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def read_only(provider: Provider) -> Provider:
+    """``provider`` for a preview: the same capabilities, reads only."""
+    cls = type(provider)
+    capabilities = {
+        "TYPE": cls.TYPE,
+        "KIND": cls.KIND,
+        "SUPPORTS_WEIGHTS": cls.SUPPORTS_WEIGHTS,
+        "MAX_WEIGHT": cls.MAX_WEIGHT,
+        "Config": cls.Config,
+    }
+    wrapper: type[ReadOnlyProvider] = type(
+        f"ReadOnly{cls.__name__}", (ReadOnlyProvider,), capabilities
+    )
+    return wrapper(provider)

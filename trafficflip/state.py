@@ -87,10 +87,22 @@ def open_store(url: str) -> SqliteStateStore:
     return SqliteStateStore(sqlite_path(url))
 
 
+def open_store_read_only(url: str) -> SqliteStateStore | None:
+    """The store for reading only, or None when it does not exist: never creates a file."""
+    path = sqlite_path(url)
+    if path == ":memory:" or not Path(path).exists():
+        return None
+    return SqliteStateStore(path, read_only=True)
+
+
 class SqliteStateStore:
     """SQLite in WAL mode: the running instance writes, CLI commands write beside it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        if read_only:
+            uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+            return
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
