@@ -19,9 +19,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.named import AVAILABLE, KEY_NAME, ZONE, Named  # noqa: E402
-from trafficflip.plan import plan_services, render  # noqa: E402
+from trafficflip.config.schema import ServiceConfig  # noqa: E402
+from trafficflip.decision.plan import plan_services, render  # noqa: E402
 from trafficflip.providers.rfc2136 import Rfc2136Config, Rfc2136Provider  # noqa: E402
-from trafficflip.settings import ServiceConfig  # noqa: E402
 
 PRIMARY, STANDBY = "192.0.2.1", "198.51.100.1"
 CHECK = [{"type": "tcp", "address": "127.0.0.1:9"}]

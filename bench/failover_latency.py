@@ -26,15 +26,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from trafficflip.backend.provider import Receipt  # noqa: E402
+from trafficflip.config.loader import load_config  # noqa: E402
+from trafficflip.decision.model import Status  # noqa: E402
+from trafficflip.decision.plan import Plan  # noqa: E402
 from trafficflip.demo import DemoSite, local_route53  # noqa: E402
-from trafficflip.engine import Engine  # noqa: E402
-from trafficflip.model import Status  # noqa: E402
-from trafficflip.plan import Plan  # noqa: E402
-from trafficflip.probes import Prober  # noqa: E402
-from trafficflip.provider import Receipt  # noqa: E402
-from trafficflip.scheduler import Runner  # noqa: E402
-from trafficflip.state import open_store  # noqa: E402
-from trafficflip.validation import load_config  # noqa: E402
+from trafficflip.runtime.engine import Engine  # noqa: E402
+from trafficflip.runtime.probes import Prober  # noqa: E402
+from trafficflip.runtime.scheduler import Runner  # noqa: E402
+from trafficflip.runtime.state import open_store  # noqa: E402
 
 
 class Timings:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trafficflip.engine import Engine  # noqa: E402
-from trafficflip.probes import Prober  # noqa: E402
-from trafficflip.scheduler import Runner  # noqa: E402
-from trafficflip.state import open_store  # noqa: E402
-from trafficflip.testing import MemoryConfig, MemoryProvider  # noqa: E402
-from trafficflip.validation import Config, ProviderSpec, load_config  # noqa: E402
+from trafficflip.backend.testing import MemoryConfig, MemoryProvider  # noqa: E402
+from trafficflip.config.loader import Config, ProviderSpec, load_config  # noqa: E402
+from trafficflip.runtime.engine import Engine  # noqa: E402
+from trafficflip.runtime.probes import Prober  # noqa: E402
+from trafficflip.runtime.scheduler import Runner  # noqa: E402
+from trafficflip.runtime.state import open_store  # noqa: E402
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 

@@ -26,13 +26,13 @@ import dns.tsig
 import dns.update
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
+from trafficflip.config.schema import split_host_port
+from trafficflip.decision.plan import Change
 from trafficflip.errors import (
     ConfigError,
     PermanentProviderError,
     TransientProviderError,
 )
-from trafficflip.plan import Change
-from trafficflip.settings import split_host_port
 
 # A DNS message over TCP is prefixed by a 16-bit length.
 MAX_MESSAGE = 65535

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from trafficflip.durations import Duration
+from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.config.durations import Duration
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import Plan
 from trafficflip.errors import PermanentProviderError, ProviderError, TransientProviderError
-from trafficflip.model import Answer
-from trafficflip.plan import Plan
-from trafficflip.provider import Provider, Receipt
-from trafficflip.settings import ServiceConfig
 
 from . import _aws as aws
 

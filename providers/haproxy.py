@@ -22,12 +22,12 @@ from typing import Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from trafficflip.durations import Duration
+from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.config.durations import Duration
+from trafficflip.config.schema import ServiceConfig, split_host_port
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import Change, Plan
 from trafficflip.errors import PermanentProviderError, ProviderError, TransientProviderError
-from trafficflip.model import Answer
-from trafficflip.plan import Change, Plan
-from trafficflip.provider import Provider, Receipt
-from trafficflip.settings import ServiceConfig, split_host_port
 
 T = TypeVar("T")
 # HAProxy's own rule for proxy and server names; it also keeps ';' (the runtime API's command

@@ -31,16 +31,16 @@ import dns.tsig
 import dns.update
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from trafficflip.durations import Duration
+from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.config.durations import Duration
+from trafficflip.config.schema import ServiceConfig, split_host_port
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import Action, Change, Plan
 from trafficflip.errors import (
     PermanentProviderError,
     TransientProviderError,
     UnsafePlanError,
 )
-from trafficflip.model import Answer
-from trafficflip.plan import Action, Change, Plan
-from trafficflip.provider import Provider, Receipt
-from trafficflip.settings import ServiceConfig, split_host_port
 
 from . import _dns as wire
 

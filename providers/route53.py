@@ -15,11 +15,11 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import Change, Plan
 from trafficflip.errors import PermanentProviderError
-from trafficflip.model import Answer
-from trafficflip.plan import Change, Plan
-from trafficflip.provider import Provider, Receipt
-from trafficflip.settings import ServiceConfig
 
 from . import _aws as aws
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from tests.support import ROOT, trafficflip_command
+from trafficflip.config.loader import load_config
 from trafficflip.errors import ConfigError
-from trafficflip.validation import load_config
 
 BASE: dict[str, Any] = {
     "providers": {"aws": {"type": "route53"}},
@@ -264,7 +264,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_durations() -> None:
-    from trafficflip.durations import parse_duration
+    from trafficflip.config.durations import parse_duration
 
     assert [parse_duration(v) for v in ("250ms", "5s", "2m", "1h", 3, "1.5")] == [
         0.25,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from trafficflip.commands import apply_command
-from trafficflip.decide import decide
-from trafficflip.model import ServiceState, SiteHealth, Status
-from trafficflip.settings import ServiceConfig
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.commands import apply_command
+from trafficflip.decision.decide import decide
+from trafficflip.decision.model import ServiceState, SiteHealth, Status
 
 UP, DOWN, UNKNOWN = Status.UP, Status.DOWN, Status.UNKNOWN
 

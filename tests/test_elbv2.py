@@ -15,11 +15,11 @@ import yaml
 
 from providers.elbv2 import Elbv2Config, Elbv2Provider
 from tests.support import ROOT, trafficflip_command
+from trafficflip.config.loader import load_config
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import Change, Plan, diff, make_plan, render
 from trafficflip.errors import PermanentProviderError, TransientProviderError, UnsafePlanError
-from trafficflip.model import Answer
-from trafficflip.plan import Change, Plan, diff, make_plan, render
-from trafficflip.settings import ServiceConfig
-from trafficflip.validation import load_config
 
 ACCOUNT_ARN = "arn:aws:elasticloadbalancing:us-east-1:123456789012"
 STICKY = {"Enabled": True, "DurationSeconds": 300}

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from trafficflip.engine import Engine
+from trafficflip.backend.testing import MemoryConfig, MemoryProvider
+from trafficflip.config.loader import Config, ProviderSpec, load_config
+from trafficflip.decision.model import Answer, ProbeResult
 from trafficflip.errors import PermanentProviderError, TransientProviderError
-from trafficflip.model import Answer, ProbeResult
-from trafficflip.state import SqliteStateStore
-from trafficflip.testing import MemoryConfig, MemoryProvider
-from trafficflip.validation import Config, ProviderSpec, load_config
+from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.state import SqliteStateStore
 
 
 def config(services: int = 1) -> Config:

@@ -13,11 +13,11 @@ import yaml
 from providers.haproxy import HaproxyConfig, HaproxyProvider, split_responses
 from tests.haproxy_server import HaproxyServer
 from tests.support import ROOT, HttpSite, trafficflip_command
+from trafficflip.config.loader import load_config
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import Plan, diff, make_plan, render
 from trafficflip.errors import ConfigError, PermanentProviderError, TransientProviderError
-from trafficflip.model import Answer
-from trafficflip.plan import Plan, diff, make_plan, render
-from trafficflip.settings import ServiceConfig
-from trafficflip.validation import load_config
 
 SITES = {"primary": ["a1", "a2"], "standby": ["b1", "b2"]}
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from trafficflip.health import CheckHealth, observe, site_health
-from trafficflip.model import ProbeResult, Status
+from trafficflip.decision.health import CheckHealth, observe, site_health
+from trafficflip.decision.model import ProbeResult, Status
 
 OK = ProbeResult(True, "ok", 0.001, 0)
 FAIL = ProbeResult(False, "status 503", 0.001, 0)

@@ -10,9 +10,9 @@ from tests.service import PRIMARY, STANDBY, Service
 from tests.support import MotoServer, wait_until
 from tests.test_engine import Rig
 from trafficflip.errors import PermanentProviderError
-from trafficflip.metrics import Metrics, reason_label
-from trafficflip.probes import Prober
-from trafficflip.scheduler import Runner
+from trafficflip.operations.metrics import Metrics, reason_label
+from trafficflip.runtime.probes import Prober
+from trafficflip.runtime.scheduler import Runner
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

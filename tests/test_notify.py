@@ -15,9 +15,9 @@ import pytest
 from tests.service import PRIMARY, STANDBY, Receiver, Service
 from tests.support import MotoServer, wait_until
 from tests.test_engine import Rig, until
+from trafficflip.config.schema import NotifyTarget
 from trafficflip.errors import PermanentProviderError
-from trafficflip.notify import Notice, Notifier, payload
-from trafficflip.settings import NotifyTarget
+from trafficflip.operations.notify import Notice, Notifier, payload
 
 
 @pytest.fixture

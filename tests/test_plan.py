@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from tests.test_decide import service
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import diff, make_plan, render
 from trafficflip.errors import UnsafePlanError
-from trafficflip.model import Answer
-from trafficflip.plan import diff, make_plan, render
 
 
 def test_render_weighted_and_set_only() -> None:

@@ -14,8 +14,8 @@ import dns.rrset
 import pytest
 
 from tests.support import HttpSite
-from trafficflip.probes import Prober
-from trafficflip.settings import DnsCheck, HttpCheck, TcpCheck
+from trafficflip.config.schema import DnsCheck, HttpCheck, TcpCheck
+from trafficflip.runtime.probes import Prober
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.test_engine import Rig
-from trafficflip.api import not_ready
+from trafficflip.operations.api import not_ready
 
 
 async def test_not_ready_until_the_first_reconcile_then_ready() -> None:

@@ -7,7 +7,13 @@ import random
 import pytest
 
 from trafficflip.errors import PermanentProviderError, TransientProviderError
-from trafficflip.retry import ATTEMPTS, BASE_DELAY, MAX_DELAY, backoff_delay, retry_transient
+from trafficflip.runtime.retry import (
+    ATTEMPTS,
+    BASE_DELAY,
+    MAX_DELAY,
+    backoff_delay,
+    retry_transient,
+)
 
 
 class Flaky:

@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 
 from tests.named import AVAILABLE, KEY_NAME, ZONE, Named, new_secret
+from trafficflip.config.loader import load_config
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import Change, Plan, plan_services, render
 from trafficflip.errors import (
     ConfigError,
     PermanentProviderError,
     TransientProviderError,
     UnsafePlanError,
 )
-from trafficflip.model import Answer
-from trafficflip.plan import Change, Plan, plan_services, render
 from trafficflip.providers.rfc2136 import Rfc2136Config, Rfc2136Provider
-from trafficflip.settings import ServiceConfig
-from trafficflip.validation import load_config
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="needs /usr/sbin/named and root")
 

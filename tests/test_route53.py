@@ -8,11 +8,11 @@ from typing import Any
 import boto3
 import pytest
 
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import plan_services, render
 from trafficflip.errors import PermanentProviderError, TransientProviderError
-from trafficflip.model import Answer
-from trafficflip.plan import plan_services, render
 from trafficflip.providers.route53 import Route53Config, Route53Provider, _batches
-from trafficflip.settings import ServiceConfig
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from apscheduler.triggers.interval import IntervalTrigger
 
 from tests.test_engine import config
-from trafficflip.engine import Engine
-from trafficflip.probes import Prober
-from trafficflip.scheduler import TICK_INTERVAL, Runner
-from trafficflip.state import SqliteStateStore
-from trafficflip.testing import MemoryProvider
+from trafficflip.backend.testing import MemoryProvider
+from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.probes import Prober
+from trafficflip.runtime.scheduler import TICK_INTERVAL, Runner
+from trafficflip.runtime.state import SqliteStateStore
 
 
 async def test_jobs_are_bounded_coalesced_and_have_a_misfire_grace() -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from trafficflip.decision.model import JournalEntry, Ramp, ServiceState
 from trafficflip.errors import ConfigError
-from trafficflip.model import JournalEntry, Ramp, ServiceState
-from trafficflip.state import ChangeRecord, SqliteStateStore, open_store, sqlite_path
+from trafficflip.runtime.state import ChangeRecord, SqliteStateStore, open_store, sqlite_path
 
 
 def test_state_and_journal_survive_reopening(tmp_path: Path) -> None:

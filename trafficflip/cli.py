@@ -14,19 +14,19 @@ from typing import Any
 
 import httpx
 
-from trafficflip.engine import Engine
+from trafficflip.backend.provider import Provider
+from trafficflip.config.loader import Config, load_config
+from trafficflip.decision.model import Status
+from trafficflip.decision.plan import Plan
 from trafficflip.errors import ConfigError
 from trafficflip.logs import setup_logging
-from trafficflip.model import Status
-from trafficflip.monitor import ProbeJob
-from trafficflip.plan import Plan
-from trafficflip.probes import Prober
-from trafficflip.provider import Provider
-from trafficflip.scheduler import Runner
-from trafficflip.state import SqliteStateStore, open_store, open_store_read_only
-from trafficflip.status import service_status, table
-from trafficflip.validation import Config, load_config
-from trafficflip.views import describe_check
+from trafficflip.operations.status import service_status, table
+from trafficflip.operations.views import describe_check
+from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.monitor import ProbeJob
+from trafficflip.runtime.probes import Prober
+from trafficflip.runtime.scheduler import Runner
+from trafficflip.runtime.state import SqliteStateStore, open_store, open_store_read_only
 
 EXIT_CONFIG = 2
 COMMAND_WAIT = 5.0
@@ -68,9 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def serve(config: Config) -> None:
     """Run the scheduler, the notifier and the API in this loop until SIGTERM or SIGINT."""
     # Imported here: the API pulls in FastAPI, which the other commands do not need.
-    from trafficflip.api import ApiServer, create_app, load_tokens
-    from trafficflip.metrics import Metrics
-    from trafficflip.notify import Notifier
+    from trafficflip.operations.api import ApiServer, create_app, load_tokens
+    from trafficflip.operations.metrics import Metrics
+    from trafficflip.operations.notify import Notifier
 
     api_config = config.settings.api
     tokens = load_tokens(api_config)  # a bad tokens file is a ConfigError before anything runs

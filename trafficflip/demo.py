@@ -15,12 +15,12 @@ from typing import Any
 
 import boto3
 
-from trafficflip.engine import Engine
+from trafficflip.config.loader import Config, load_config
 from trafficflip.logs import setup_logging
-from trafficflip.probes import Prober
-from trafficflip.scheduler import Runner
-from trafficflip.state import open_store
-from trafficflip.validation import Config, load_config
+from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.probes import Prober
+from trafficflip.runtime.scheduler import Runner
+from trafficflip.runtime.state import open_store
 
 ZONE = "demo.example."
 BAR = 30

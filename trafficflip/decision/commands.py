@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from trafficflip.decide import site_order
-from trafficflip.model import Event, ServiceState
-from trafficflip.settings import ServiceConfig
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.decide import site_order
+from trafficflip.decision.model import Event, ServiceState
 
 COMMANDS = ("failover", "failback", "hold", "release", "promote", "drain")
 

@@ -15,10 +15,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from trafficflip.commands import CommandError, apply_command
-from trafficflip.decide import decide
-from trafficflip.errors import PermanentProviderError, ProviderError, UnsafePlanError
-from trafficflip.model import (
+from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.backend.provider import read_only as read_only_provider
+from trafficflip.config.loader import Config
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.commands import CommandError, apply_command
+from trafficflip.decision.decide import decide
+from trafficflip.decision.model import (
     Answer,
     Event,
     JournalEntry,
@@ -27,14 +30,11 @@ from trafficflip.model import (
     SiteHealth,
     Status,
 )
-from trafficflip.monitor import GATES, HealthMonitor
-from trafficflip.plan import Plan, plan_services, render
-from trafficflip.provider import Provider, Receipt
-from trafficflip.provider import read_only as read_only_provider
-from trafficflip.retry import backoff_delay
-from trafficflip.settings import ServiceConfig
-from trafficflip.state import ChangeRecord, Command, StateStore
-from trafficflip.validation import Config
+from trafficflip.decision.plan import Plan, plan_services, render
+from trafficflip.errors import PermanentProviderError, ProviderError, UnsafePlanError
+from trafficflip.runtime.monitor import GATES, HealthMonitor
+from trafficflip.runtime.retry import backoff_delay
+from trafficflip.runtime.state import ChangeRecord, Command, StateStore
 
 log = logging.getLogger("trafficflip")
 RETRY_CAP = 30.0

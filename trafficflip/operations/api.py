@@ -25,15 +25,15 @@ from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from trafficflip.engine import Engine
+from trafficflip.config.schema import NAME_PATTERN, ApiConfig, split_host_port
 from trafficflip.errors import ConfigError
-from trafficflip.metrics import Metrics
-from trafficflip.page import render_page
-from trafficflip.scheduler import TICK_INTERVAL, Runner
-from trafficflip.settings import NAME_PATTERN, ApiConfig, split_host_port
-from trafficflip.views import ServiceView, service_view
+from trafficflip.operations.metrics import Metrics
+from trafficflip.operations.page import render_page
+from trafficflip.operations.views import ServiceView, service_view
+from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.scheduler import TICK_INTERVAL, Runner
 
-log = logging.getLogger("trafficflip.api")
+log = logging.getLogger("trafficflip.operations.api")
 # The scheduler ticks every TICK_INTERVAL; this many missed ticks means it is stuck.
 STALLED_TICKS = 10
 JOURNAL_DEFAULT, JOURNAL_MAX = 10, 200

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from trafficflip.model import ProbeResult, SiteHealth, Status
+from trafficflip.decision.model import ProbeResult, SiteHealth, Status
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from trafficflip.decision.model import JournalEntry, Ramp, ServiceState
 from trafficflip.errors import ConfigError
-from trafficflip.model import JournalEntry, Ramp, ServiceState
 
 
 @dataclass(frozen=True)

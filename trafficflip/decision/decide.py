@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from trafficflip.model import Decision, Event, Ramp, ServiceState, SiteHealth, Status
-from trafficflip.settings import ServiceConfig
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Decision, Event, Ramp, ServiceState, SiteHealth, Status
 
 FULL = 100
 

@@ -12,10 +12,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from trafficflip.backend.provider import Provider
+from trafficflip.backend.registry import provider_class
+from trafficflip.config.schema import ServiceConfig, Settings
 from trafficflip.errors import ConfigError
-from trafficflip.provider import Provider
-from trafficflip.registry import provider_class
-from trafficflip.settings import ServiceConfig, Settings
 
 CONFIG_ENV = "TRAFFICFLIP_CONFIG"
 POOL_FIELDS = ("backend", "listener_arn", "rule_arn")

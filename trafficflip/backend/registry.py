@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import cache
 from importlib.metadata import entry_points
 
+from trafficflip.backend.provider import Provider
 from trafficflip.errors import ConfigError
-from trafficflip.provider import Provider
 
 GROUP = "trafficflip.providers"
 

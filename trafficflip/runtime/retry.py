@@ -11,7 +11,7 @@ from typing import TypeVar
 from trafficflip.errors import TransientProviderError
 
 T = TypeVar("T")
-log = logging.getLogger("trafficflip.retry")
+log = logging.getLogger("trafficflip.runtime.retry")
 
 ATTEMPTS = 5
 BASE_DELAY = 0.2

@@ -13,12 +13,12 @@ import secrets
 from functools import cache
 from importlib.resources import files
 
-from trafficflip.views import ServiceView
+from trafficflip.operations.views import ServiceView
 
 
 @cache
 def template() -> str:
-    return (files("trafficflip") / "static" / "status.html").read_text(encoding="utf-8")
+    return (files("trafficflip.operations") / "static" / "status.html").read_text(encoding="utf-8")
 
 
 def render_page(services: list[ServiceView], refresh: float) -> tuple[str, str]:

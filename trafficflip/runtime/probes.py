@@ -21,8 +21,8 @@ import dns.rcode
 import dns.rdatatype
 import httpx
 
-from trafficflip.model import ProbeResult
-from trafficflip.settings import Check, DnsCheck, HttpCheck, TcpCheck, split_host_port
+from trafficflip.config.schema import Check, DnsCheck, HttpCheck, TcpCheck, split_host_port
+from trafficflip.decision.model import ProbeResult
 
 # Bodies are matched on a bounded prefix: a health page is small, a misrouted one may not be.
 MAX_BODY = 64 * 1024

@@ -28,11 +28,11 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from trafficflip.engine import Engine
-from trafficflip.monitor import ProbeJob
-from trafficflip.probes import Prober
+from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.monitor import ProbeJob
+from trafficflip.runtime.probes import Prober
 
-log = logging.getLogger("trafficflip.scheduler")
+log = logging.getLogger("trafficflip.runtime.scheduler")
 TICK_INTERVAL = 1.0
 # Lag samples kept for status and benchmarks.
 LAG_SAMPLES = 10000

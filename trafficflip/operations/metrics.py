@@ -22,11 +22,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from trafficflip.engine import Engine, EngineListener
-from trafficflip.model import JournalEntry, ProbeResult, Status
-from trafficflip.monitor import GATES
-from trafficflip.scheduler import Runner
-from trafficflip.views import describe_check
+from trafficflip.decision.model import JournalEntry, ProbeResult, Status
+from trafficflip.operations.views import describe_check
+from trafficflip.runtime.engine import Engine, EngineListener
+from trafficflip.runtime.monitor import GATES
+from trafficflip.runtime.scheduler import Runner
 
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 APPLY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -11,9 +11,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from trafficflip.health import CheckHealth, observe, site_health
-from trafficflip.model import ProbeResult, SiteHealth
-from trafficflip.settings import Check, HealthConfig, ServiceConfig
+from trafficflip.config.schema import Check, HealthConfig, ServiceConfig
+from trafficflip.decision.health import CheckHealth, observe, site_health
+from trafficflip.decision.model import ProbeResult, SiteHealth
 
 # The pseudo-site under which a service's failback gates are kept.
 GATES = "__gates__"

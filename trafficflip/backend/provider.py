@@ -14,13 +14,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import Plan, check_safe
 from trafficflip.errors import UnsafePlanError
-from trafficflip.model import Answer
-from trafficflip.plan import Plan, check_safe
-from trafficflip.retry import retry_transient
-from trafficflip.settings import ServiceConfig
+from trafficflip.runtime.retry import retry_transient
 
-log = logging.getLogger("trafficflip.provider")
+log = logging.getLogger("trafficflip.backend.provider")
 
 
 @dataclass(frozen=True)

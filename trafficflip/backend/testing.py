@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pydantic import BaseModel
 
+from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer
+from trafficflip.decision.plan import Plan
 from trafficflip.errors import PermanentProviderError
-from trafficflip.model import Answer
-from trafficflip.plan import Plan
-from trafficflip.provider import Provider, Receipt
-from trafficflip.settings import ServiceConfig
 
 
 class MemoryConfig(BaseModel):

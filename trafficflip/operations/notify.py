@@ -18,12 +18,12 @@ from typing import Any
 
 import httpx
 
-from trafficflip.engine import Engine, EngineListener
-from trafficflip.model import JournalEntry
-from trafficflip.retry import backoff_delay
-from trafficflip.settings import NotifyTarget
+from trafficflip.config.schema import NotifyTarget
+from trafficflip.decision.model import JournalEntry
+from trafficflip.runtime.engine import Engine, EngineListener
+from trafficflip.runtime.retry import backoff_delay
 
-log = logging.getLogger("trafficflip.notify")
+log = logging.getLogger("trafficflip.operations.notify")
 QUEUE_SIZE = 1000
 # On stop, queued notices get this long to go out (the last failover before a restart).
 DRAIN_GRACE = 3.0

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer
 from trafficflip.errors import UnsafePlanError
-from trafficflip.model import Answer
-from trafficflip.settings import ServiceConfig
 
 Action = Literal["create", "update", "delete"]
 

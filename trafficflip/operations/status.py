@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from trafficflip.decide import site_order
-from trafficflip.durations import format_duration
-from trafficflip.model import ServiceState
-from trafficflip.settings import ServiceConfig
-from trafficflip.state import StateStore
+from trafficflip.config.durations import format_duration
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.decide import site_order
+from trafficflip.decision.model import ServiceState
+from trafficflip.runtime.state import StateStore
 
 
 def phase(service: ServiceConfig, state: ServiceState, now: float) -> str:

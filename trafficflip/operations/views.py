@@ -12,13 +12,13 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, Field
 
-from trafficflip.decide import site_order
-from trafficflip.engine import Engine
-from trafficflip.health import CheckHealth
-from trafficflip.model import JournalEntry
-from trafficflip.monitor import GATES
-from trafficflip.settings import Check, DnsCheck, HttpCheck, TcpCheck
-from trafficflip.status import phase
+from trafficflip.config.schema import Check, DnsCheck, HttpCheck, TcpCheck
+from trafficflip.decision.decide import site_order
+from trafficflip.decision.health import CheckHealth
+from trafficflip.decision.model import JournalEntry
+from trafficflip.operations.status import phase
+from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.monitor import GATES
 
 HealthStatus = Literal["up", "down", "unknown"]
 

@@ -1,7 +1,7 @@
 """The configuration schema: a YAML file plus ``TRAFFICFLIP_`` environment variables.
 
 Shape errors come from pydantic; rules that span keys (a record inside its zone, steps
-long enough for the TTL) live in ``trafficflip.validation``. Both report ``key.path: reason``.
+long enough for the TTL) live in ``trafficflip.config.loader``. Both report ``key.path: reason``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from trafficflip.durations import Duration
+from trafficflip.config.durations import Duration
 
 MIN_INTERVAL = 0.1
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

@@ -1,0 +1,1 @@
+"""Configuration: the schema (``schema``), durations, and the loader that checks every rule."""

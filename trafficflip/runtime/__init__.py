@@ -1,0 +1,1 @@
+"""The running service: probes, scheduling, the engine that drives providers, the state store."""
