@@ -77,6 +77,13 @@ class HttpCheck(Strict):
     sni: str | None = None
     max_latency: Duration | None = None
 
+    def describe(self) -> str:
+        """``http http://192.0.2.10/healthz``: never credentials, query string or headers,
+        which may hold tokens."""
+        url = httpx.URL(self.url)
+        port = f":{url.port}" if url.port else ""
+        return f"{self.type} {url.scheme}://{url.host}{port}{url.path}"
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -103,6 +110,9 @@ class TcpCheck(Strict):
     type: Literal["tcp"]
     address: str
 
+    def describe(self) -> str:
+        return f"tcp {self.address}"
+
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
@@ -117,6 +127,9 @@ class DnsCheck(Strict):
     rdtype: Literal["A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA", "SRV", "PTR"] = "A"
     expect: list[str] = []
     tcp: bool = False
+
+    def describe(self) -> str:
+        return f"dns {self.name} {self.rdtype} @{self.server}"
 
     @field_validator("server")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Any
 
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.decide import site_order
-from trafficflip.decision.model import Event, ServiceState
+from trafficflip.decision.model import Event, EventKind, ServiceState
 
 COMMANDS = ("failover", "failback", "hold", "release", "promote", "drain")
 
@@ -26,20 +26,20 @@ def apply_command(
         site = _site(service, args, "to")
         return (
             replace(state, pinned=site, drained=()),
-            Event("command", f"failover to {site} requested{reason}", site),
+            Event(EventKind.COMMAND, f"failover to {site} requested{reason}", site),
         )
     if name == "failback":
         return (
             replace(state, pinned=None, drained=(), failback_approved=True),
-            Event("command", f"failback approved{reason}"),
+            Event(EventKind.COMMAND, f"failback approved{reason}"),
         )
     if name == "hold":
         return replace(state, held=True), Event(
-            "command", f"hold: automatic changes frozen{reason}"
+            EventKind.COMMAND, f"hold: automatic changes frozen{reason}"
         )
     if name == "release":
         return replace(state, held=False), Event(
-            "command", f"release: automatic changes resumed{reason}"
+            EventKind.COMMAND, f"release: automatic changes resumed{reason}"
         )
     if name == "drain":
         site = _site(service, args, "site")
@@ -47,14 +47,16 @@ def apply_command(
         pinned = None if state.pinned == site else state.pinned
         return (
             replace(state, drained=drained, pinned=pinned),
-            Event("command", f"drain {site} requested{reason}", site),
+            Event(EventKind.COMMAND, f"drain {site} requested{reason}", site),
         )
     if name == "promote":
         site = _site(service, args, "site")
         order = (site, *(s for s in site_order(service, state) if s != site))
         return (
             replace(state, order=order, pinned=None, drained=()),
-            Event("command", f"promote {site}: order is now {', '.join(order)}{reason}", site),
+            Event(
+                EventKind.COMMAND, f"promote {site}: order is now {', '.join(order)}{reason}", site
+            ),
         )
     raise CommandError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
 
