@@ -11,7 +11,7 @@ SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chrom
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,demo]'
 	touch $(BIN)/activate
 
 demo: $(BIN)/activate
@@ -28,6 +28,7 @@ system-packages:
 lint: $(BIN)/activate
 	$(BIN)/ruff check trafficflip providers tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(BIN)/activate system-packages lint
 	$(BIN)/pytest -q

@@ -14,7 +14,9 @@ from trafficflip.runtime.state import SqliteStateStore
 
 async def test_jobs_are_bounded_coalesced_and_have_a_misfire_grace() -> None:
     # 20 services share the same two checks: two probe jobs, not forty.
-    engine = Engine(config(services=20), SqliteStateStore(":memory:"), {"mem": MemoryProvider()})
+    engine = Engine(
+        config(services=20).services, SqliteStateStore(":memory:"), {"mem": MemoryProvider()}
+    )
     prober = Prober()
     runner = Runner(engine, prober, reconcile_interval=30)
     runner.schedule()

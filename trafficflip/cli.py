@@ -1,4 +1,7 @@
-"""The ``trafficflip`` command. Configuration problems exit 2 with ``key.path: reason`` lines."""
+"""trafficflip: health-checked traffic failover for DNS records and load-balancer pools.
+
+Exit codes: 0 success; 1 a command failed (a --live check, a refused operator command, a
+state file in use by another run); 2 a configuration problem, printed as key.path: reason."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from trafficflip import __version__
 from trafficflip.backend.provider import Provider
 from trafficflip.config.loader import Config, load_config
 from trafficflip.decision.model import Status
@@ -25,10 +29,19 @@ from trafficflip.operations.views import describe_check
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.monitor import ProbeJob
 from trafficflip.runtime.probes import Prober
+from trafficflip.runtime.reload import Reloader
 from trafficflip.runtime.scheduler import Runner
-from trafficflip.runtime.state import SqliteStateStore, open_store, open_store_read_only
+from trafficflip.runtime.state import (
+    SqliteStateStore,
+    StateLock,
+    StateLocked,
+    open_store,
+    open_store_read_only,
+)
 
 EXIT_CONFIG = 2
+# Extra probes a preview may spend on inconclusive results before it reports a check undecided.
+PREVIEW_RETRIES = 5
 COMMAND_WAIT = 5.0
 API_URL_ENV, API_TOKEN_ENV = "TRAFFICFLIP_API_URL", "TRAFFICFLIP_API_TOKEN"
 API_TIMEOUT = 10.0
@@ -45,7 +58,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if problems:
             print("\n".join(problems))
             return 1
-    print(f"config OK: {len(config.services)} services")
+    count = len(config.services)
+    print(f"config OK: {count} service{'' if count == 1 else 's'}")
     return 0
 
 
@@ -61,11 +75,20 @@ async def _live_problems(config: Config) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(config.settings.log_level, config.settings.log_format)
-    asyncio.run(serve(config))
+    lock = StateLock(config.settings.state)
+    try:
+        lock.acquire()
+    except StateLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(config, args.config))
+    finally:
+        lock.release()
     return 0
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, path: str | None = None) -> None:
     """Run the scheduler, the notifier and the API in this loop until SIGTERM or SIGINT."""
     # Imported here: the API pulls in FastAPI, which the other commands do not need.
     from trafficflip.operations.api import ApiServer, create_app, load_tokens
@@ -75,16 +98,18 @@ async def serve(config: Config) -> None:
     api_config = config.settings.api
     tokens = load_tokens(api_config)  # a bad tokens file is a ConfigError before anything runs
     store = open_store(config.settings.state)
-    engine = Engine(config, store, build_providers(config))
+    engine = Engine(config.services, store, build_providers(config))
     runner = Runner(engine, Prober(), reconcile_interval=config.settings.reconcile_interval)
     metrics = Metrics(engine, runner)
     runner.components.append(Notifier(config.settings.notify, engine, counted=metrics.notified))
     if api_config.enabled:
         app = create_app(engine, runner, metrics, tokens)
         runner.components.append(ApiServer(app, api_config.listen))
+    reloader = Reloader(path, config, engine, build_providers, runner.refresh_probes)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     try:
         await runner.run()
     finally:
@@ -110,13 +135,20 @@ async def preview_plan(config: Config) -> str:
             if state is not None:
                 scratch.save(service.name, state, [])
         stored.close()
-    engine = Engine(config, scratch, build_providers(config), read_only=True)
+    engine = Engine(config.services, scratch, build_providers(config), read_only=True)
     prober = Prober()
 
     async def settle(key: str, job: ProbeJob) -> None:
         # rise probes prove a site up, fall prove it down: a dead site needs fall of them.
-        for _ in range(max(job.health.rise, job.health.fall)):
-            engine.observe(key, await prober.probe(job.check, job.health.timeout))
+        # An inconclusive probe (our own loop overloaded) counts neither way: probe again.
+        needed = max(job.health.rise, job.health.fall)
+        conclusive = 0
+        for _ in range(needed + PREVIEW_RETRIES):
+            result = await prober.probe(job.check, job.health.timeout)
+            engine.observe(key, result)
+            conclusive += not result.inconclusive
+            if conclusive >= needed:
+                return
 
     await asyncio.gather(*(settle(key, job) for key, job in engine.jobs.items()))
     await prober.close()
@@ -149,8 +181,9 @@ def _render_preview(engine: Engine, plans: Mapping[str, Plan]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.api:
         return _status_from_api(args)
-    config = load_config(args.config)
-    store = open_store(config.settings.state)
+    # Reading the state needs no provider settings (nor their secrets), and creates nothing.
+    config = load_config(args.config, providers=False)
+    store = open_store_read_only(config.settings.state) or SqliteStateStore(":memory:")
     now = time.time()
     rows = []
     for service in config.services:
@@ -232,7 +265,7 @@ def command_handler(name: str) -> Callable[[argparse.Namespace], int]:
         }
         if args.api:
             return _command_via_api(name, args, payload)
-        config = load_config(args.config)
+        config = load_config(args.config, providers=False)
         if args.service not in {s.name for s in config.services}:
             print(f"unknown service {args.service!r}", file=sys.stderr)
             return EXIT_CONFIG
@@ -259,13 +292,27 @@ def _wait_for_result(store: SqliteStateStore, command_id: int, wait: float) -> s
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from trafficflip.demo import run_demo  # the demo pulls in moto, only a test dependency
+    try:
+        import moto  # noqa: F401 - the demo's Route53 emulation, an optional extra
+    except ImportError:
+        print(
+            "trafficflip demo runs on moto's Route53 emulation, which is not installed: "
+            "pip install 'trafficflip[demo]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    from trafficflip.demo import run_demo
 
     return int(run_demo())
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="trafficflip", description=__doc__)
+    top = argparse.ArgumentParser(
+        prog="trafficflip",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
 
     def add(

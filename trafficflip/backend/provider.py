@@ -18,7 +18,6 @@ from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Plan, check_safe
 from trafficflip.errors import UnsafePlanError
-from trafficflip.runtime.retry import retry_transient
 
 log = logging.getLogger("trafficflip.backend.provider")
 
@@ -88,7 +87,8 @@ class Provider(ABC):
         """
 
     async def apply(self, plan: Plan) -> Receipt | None:
-        """Check, log and apply ``plan``, retrying transient errors with backoff."""
+        """Check, log and apply ``plan`` once. Retry is not the adapter's business: the
+        engine's ``ProviderSync`` retries with backoff, re-planning what is pending."""
         if not plan:
             return None
         for service in plan.services:
@@ -96,7 +96,7 @@ class Provider(ABC):
             check_safe(service, plan.desired.get(service.name, ()))
         self._check_weights(plan)
         log.info("apply provider=%s %s", self.name, plan.summary)
-        return await retry_transient(lambda: self._apply(plan), what=f"{self.name} apply")
+        return await self._apply(plan)
 
     def _check_weights(self, plan: Plan) -> None:
         """Refuse weights the backend cannot hold (some emulations accept them silently)."""

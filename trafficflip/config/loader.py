@@ -45,21 +45,40 @@ class Config:
         return self.providers[service.provider]
 
 
-def load_config(path: str | None = None, *, data: Mapping[str, Any] | None = None) -> Config:
-    """Read YAML from ``path`` (or ``TRAFFICFLIP_CONFIG``), apply the environment, validate."""
+NO_CONFIG = (
+    "config: no configuration found: give --config FILE or set TRAFFICFLIP_CONFIG "
+    "(an environment-only configuration sets TRAFFICFLIP_SERVICES)"
+)
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    data: Mapping[str, Any] | None = None,
+    providers: bool = True,
+) -> Config:
+    """Read YAML from ``path`` (or ``TRAFFICFLIP_CONFIG``), apply the environment, validate.
+
+    ``providers=False`` is for commands that only read the state (``status``): provider
+    settings, and the secrets in them, are neither needed nor checked.
+    """
     if data is None:
         path = path or os.environ.get(CONFIG_ENV)
+        if not path and not any(k.upper().startswith("TRAFFICFLIP_SERVICES") for k in os.environ):
+            raise ConfigError([NO_CONFIG])
         data = read_yaml(path) if path else {}
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+    if not providers:
+        return Config(settings, {})
     problems: list[str] = []
-    providers = _load_providers(settings, problems)
-    problems.extend(_service_problems(settings, providers))
+    specs = _load_providers(settings, problems)
+    problems.extend(_service_problems(settings, specs))
     if problems:
         raise ConfigError(problems)
-    return Config(settings, providers)
+    return Config(settings, specs)
 
 
 def read_yaml(path: str) -> dict[str, Any]:

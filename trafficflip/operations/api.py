@@ -160,7 +160,7 @@ def _routes(app: FastAPI, engine: Engine, runner: Runner, metrics: Metrics) -> N
     def view(name: str, journal: int) -> ServiceView:
         if name not in engine.services:
             raise HTTPException(404, f"unknown service {name!r}")
-        return service_view(engine, name, time.time(), journal)
+        return service_view(engine, name, engine.clock.now(), journal)
 
     @app.get("/healthz", response_model=Probe, responses={503: {"model": Probe}})
     async def healthz(response: Response) -> Probe:
@@ -254,13 +254,18 @@ def _command_routes(app: FastAPI, engine: Engine, view: Callable[[str, int], Ser
 
 
 def not_ready(engine: Engine) -> list[str]:
-    """Why the service is not ready: an unreachable store, a provider that failed or has
-    not yet answered a reconcile. Empty when ready."""
+    """Why the service is not ready: a store that does not take writes (the writer does a
+    small write when idle), an unreachable one, a provider that failed or has not yet
+    answered a reconcile. Empty when ready."""
     reasons = []
-    try:
-        engine.store.journal(limit=1)
-    except Exception as exc:  # whatever the backend raises, the store is not usable
-        reasons.append(f"state store: {type(exc).__name__}: {exc}")
+    health = engine.writer.health if engine.writer is not None else None
+    if health is not None and not health.ok:
+        reasons.append(f"state store: {health.error} ({health.queued} writes kept in memory)")
+    else:
+        try:
+            engine.store.journal(limit=1)
+        except Exception as exc:  # whatever the backend raises, the store is not usable
+            reasons.append(f"state store: {type(exc).__name__}: {exc}")
     used = {s.config.provider for s in engine.services.values()}
     for name, status in engine.provider_status.items():
         if name not in used:

@@ -25,7 +25,6 @@ from prometheus_client.registry import Collector
 from trafficflip.decision.model import JournalEntry, ProbeResult, Status
 from trafficflip.operations.views import describe_check
 from trafficflip.runtime.engine import Engine, EngineListener
-from trafficflip.runtime.monitor import GATES
 from trafficflip.runtime.scheduler import Runner
 
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -139,6 +138,21 @@ class StateCollector(Collector):
         yield from self._health()
         yield from self._providers()
         yield from self._scheduler()
+        yield from self._store()
+
+    def _store(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        writer = self.engine.writer
+        if writer is None:
+            return
+        health = writer.health
+        yield CounterMetricFamily(
+            "trafficflip_store_errors", "Failed writes to the state store", value=health.failures
+        )
+        up = _gauge("store_up", "1 while the state store takes writes", [])
+        up.add_metric([], health.ok)
+        queued = _gauge("store_queued_writes", "Writes kept in memory for the store", [])
+        queued.add_metric([], health.queued)
+        yield from (up, queued)
 
     def _health(self) -> Iterator[GaugeMetricFamily]:
         engine = self.engine
@@ -153,9 +167,11 @@ class StateCollector(Collector):
                 for key in runtime.site_checks[site]:
                     up = engine.checks[key].status is Status.UP
                     check_up.add_metric([name, site, describe_check(engine.jobs[key].check)], up)
-                if site != GATES:
-                    site_up.add_metric([name, site], health.status is Status.UP)
-                    share.add_metric([name, site], (state.shares or {}).get(site, 0))
+                site_up.add_metric([name, site], health.status is Status.UP)
+                share.add_metric([name, site], (state.shares or {}).get(site, 0))
+            for key in runtime.gate_checks:
+                up = engine.checks[key].status is Status.UP
+                check_up.add_metric([name, "gates", describe_check(engine.jobs[key].check)], up)
             held.add_metric([name], state.held)
             step.add_metric([name], 0 if state.ramp is None else state.ramp.step + 1)
         yield from (check_up, site_up, share, held, step)

@@ -18,7 +18,6 @@ from trafficflip.decision.health import CheckHealth
 from trafficflip.decision.model import JournalEntry
 from trafficflip.operations.status import phase
 from trafficflip.runtime.engine import Engine
-from trafficflip.runtime.monitor import GATES
 
 HealthStatus = Literal["up", "down", "unknown"]
 
@@ -107,9 +106,9 @@ def check_view(engine: Engine, key: str) -> CheckView:
         check=describe_check(engine.jobs[key].check),
         status=health.status.value,
         reason=health.reason,
-        since=health.since,
+        since=_wall(engine, health.since),
         latency=None if last is None else last.latency,
-        at=None if last is None else last.at,
+        at=None if last is None else _wall(engine, last.at),
     )
 
 
@@ -131,7 +130,7 @@ def service_view(engine: Engine, name: str, now: float, journal: int) -> Service
             share=shares.get(site.name, 0),
             member=site.name in state.members,
             status=health[site.name].status.value,
-            since=health[site.name].since,
+            since=_wall(engine, health[site.name].since),
             reason=health[site.name].reason,
             checks=[check_view(engine, k) for k in runtime.site_checks[site.name]],
         )
@@ -150,7 +149,7 @@ def service_view(engine: Engine, name: str, now: float, journal: int) -> Service
         members=list(state.members),
         shares=shares,
         sites=sites,
-        gates=[check_view(engine, k) for k in runtime.site_checks[GATES]],
+        gates=[check_view(engine, k) for k in runtime.gate_checks],
         ramp=_ramp_view(engine, name),
         lagging_instances=list(engine.provider_status[config.provider].lagging),
         last_change=None
@@ -180,7 +179,12 @@ def _ramp_view(engine: Engine, name: str) -> RampView | None:
         to=list(ramp.to),
         step=ramp.step + 1,
         steps=list(config.failback.steps),
-        since=ramp.since,
-        next_at=next_at,
+        since=engine.clock.to_wall(ramp.since),
+        next_at=_wall(engine, next_at),
         reason=ramp.reason,
     )
+
+
+def _wall(engine: Engine, moment: float | None) -> float | None:
+    """A monotonic moment of the running engine as epoch seconds, for display."""
+    return None if moment is None else engine.clock.to_wall(moment)

@@ -68,10 +68,10 @@ class LoopMonitor:
 
 
 class Prober:
-    """Runs checks. ``clock`` stamps results; latency uses the monotonic clock."""
+    """Runs checks. ``clock`` (monotonic) stamps results; latency uses the monotonic clock."""
 
     def __init__(
-        self, clock: Callable[[], float] = time.time, max_in_flight: int = MAX_IN_FLIGHT
+        self, clock: Callable[[], float] = time.monotonic, max_in_flight: int = MAX_IN_FLIGHT
     ) -> None:
         self.clock = clock
         self.loop_monitor = LoopMonitor()

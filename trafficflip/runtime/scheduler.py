@@ -104,6 +104,18 @@ class Runner:
             EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_SUBMITTED | EVENT_JOB_ERROR,
         )
 
+    def refresh_probes(self) -> None:
+        """After a reload: probe jobs for new checks start, those for removed checks stop."""
+        now = datetime.now(UTC)
+        scheduled = {job.id for job in self.scheduler.get_jobs()}
+        wanted = {f"probe:{hash(key)}": job for key, job in self.engine.jobs.items()}
+        for job_id in scheduled:
+            if job_id.startswith("probe:") and job_id not in wanted:
+                self.scheduler.remove_job(job_id)
+        for job_id, job in wanted.items():
+            if job_id not in scheduled:
+                self._add_probe(job, now)
+
     def _add_probe(self, job: ProbeJob, now: datetime) -> None:
         interval = job.health.interval
         # Spread first runs over one interval so a thousand checks do not fire together.
@@ -120,7 +132,9 @@ class Runner:
         )
 
     async def _probe(self, key: str) -> None:
-        job = self.engine.jobs[key]
+        job = self.engine.jobs.get(key)
+        if job is None:
+            return  # removed by a reload
         result = await self.prober.probe(job.check, job.health.timeout)
         self.engine.observe(key, result)
 
@@ -170,6 +184,7 @@ class Runner:
             await self._close()
 
     async def _close(self) -> None:
+        await self.engine.close()
         await self.prober.close()
         for provider in self.engine.providers.values():
             await provider.close()
