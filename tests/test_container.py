@@ -8,9 +8,6 @@ reuses the engine's layer cache and the local Debian base (container/base-image.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,60 +17,19 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.containers import build_image, engine_problem, podman
 from tests.service import FALL, INTERVAL, PRIMARY, STANDBY, TOKEN, Deployment
-from tests.support import ROOT, MotoServer, free_port, wait_until
+from tests.support import MotoServer, free_port, wait_until
 
-CONTAINER_DIR = ROOT / "container"
-CONTAINERS_CONF = CONTAINER_DIR / "containers.conf"
 USER_ID = 10001
 STOP_BOUND = 10.0  # seconds from SIGTERM to exit, the issue's bound
-BUILD_TIMEOUT = 1200  # a cold build debootstraps a base and downloads the dependencies
 
-
-def engine_problem() -> str | None:
-    """Why the container test cannot run on this host, or None."""
-    if os.geteuid() != 0:
-        return "not root: the container test runs podman as root"
-    if shutil.which("podman") is None:
-        return "podman is not installed (make system-packages installs it as root)"
-    info = subprocess.run(
-        ["podman", "info"], env=podman_env(), capture_output=True, text=True, timeout=60
-    )
-    if info.returncode != 0:
-        return f"podman does not work here: {info.stderr.strip()[-300:]}"
-    return None
-
-
-def podman_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF), **(extra or {})}
-
-
-def podman(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Any:
-    return subprocess.run(
-        ["podman", *args], env=podman_env(env), capture_output=True, text=True, timeout=timeout
-    )
-
-
-_PROBLEM = engine_problem()
-pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+pytestmark = pytest.mark.skipif(engine_problem() is not None, reason=engine_problem() or "")
 
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    """The image built from the Dockerfile by the same script as ``make image``."""
-    tag = "localhost/trafficflip:test"
-    started = time.monotonic()
-    build = subprocess.run(
-        ["sh", str(CONTAINER_DIR / "build-image.sh")],
-        env=podman_env({"ENGINE": "podman", "IMAGE": tag}),
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT,
-    )
-    assert build.returncode == 0, build.stderr[-4000:]
-    assert build.stdout.strip() == tag
-    print(f"image {tag} built in {time.monotonic() - started:.1f}s")
-    return tag
+    return build_image()
 
 
 class Container:
