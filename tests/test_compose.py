@@ -150,11 +150,8 @@ class ComposeProject:
         return set(dig.stdout.split()) if dig.returncode == 0 else set()
 
     def logs(self) -> str:
-        return "".join(
-            podman("logs", f"{self.name}_{service}_1").stderr[-3000:]
-            + podman("logs", f"{self.name}_{service}_1").stdout[-3000:]
-            for service in ("bind", "trafficflip")
-        )
+        logs = [podman("logs", f"{self.name}_{service}_1") for service in ("bind", "trafficflip")]
+        return "".join(result.stdout[-3000:] + result.stderr[-3000:] for result in logs)
 
 
 @pytest.fixture
