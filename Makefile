@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests run for real (installed only when missing and root).
-SYSTEM_PACKAGES := bind9 bind9-utils bind9-dnsutils haproxy chromium
-SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium
+# podman, runc and debootstrap build and run the image (tests/test_container.py).
+SYSTEM_PACKAGES := bind9 bind9-utils bind9-dnsutils haproxy chromium podman runc debootstrap
+SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium \
+	/usr/bin/podman /usr/sbin/runc /usr/sbin/debootstrap
 
-.PHONY: demo test lint bench system-packages clean
+.PHONY: demo test lint bench system-packages image clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,11 @@ system-packages:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); \
 	  else echo "not root: tests that need $(SYSTEM_PACKAGES) will be skipped"; fi; \
 	fi
+
+# The container image, with podman (or docker); on a host that cannot pull the official
+# python image, on a local Debian base built once and kept (docs/container.md).
+image: system-packages
+	sh container/build-image.sh
 
 lint: $(BIN)/activate
 	$(BIN)/ruff check trafficflip providers tests bench
