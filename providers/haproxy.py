@@ -31,8 +31,9 @@ from trafficflip.errors import PermanentProviderError, ProviderError, TransientP
 
 T = TypeVar("T")
 # HAProxy's own rule for proxy and server names; it also keeps ';' (the runtime API's command
-# separator), '/' (backend/server) and spaces out of the commands we build.
-HAPROXY_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+# separator), '/' (backend/server), spaces and newlines out of the commands we build. Always
+# fullmatch: with match, "$" also matches before a trailing newline, which ends the command.
+HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 NO_BACKEND = "Can't find backend."
 # Backend -> server -> srv_uweight, or None when the instance has no such backend.
 BackendState = dict[str, dict[str, int] | None]
@@ -170,6 +171,25 @@ def parse_servers_state(text: str) -> dict[str, int]:
     }
 
 
+class HaproxyService(BaseModel):
+    """The key a haproxy service adds: the backend whose servers are the sites' targets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    backend: str | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not HAPROXY_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a HAProxy backend name")
+        return value
+
+
+def backend_of(service: ServiceConfig) -> str:
+    """The service's backend name (required by ``validate_service``)."""
+    return str(service.adapter_keys(HaproxyService).backend)
+
+
 class HaproxyProvider(Provider):
     """Server weights in one backend per service, on one or several HAProxy instances."""
 
@@ -178,6 +198,7 @@ class HaproxyProvider(Provider):
     SUPPORTS_WEIGHTS = True
     MAX_WEIGHT = 256  # `set server ... weight` refuses anything above
     Config = HaproxyConfig
+    Service = HaproxyService
 
     def __init__(
         self, name: str, config: HaproxyConfig, apis: Sequence[RuntimeApi] | None = None
@@ -191,18 +212,13 @@ class HaproxyProvider(Provider):
     def validate_service(cls, service: ServiceConfig, config: object) -> list[tuple[str, str]]:
         """A backend is required, site targets are server names, each in one site only."""
         problems: list[tuple[str, str]] = []
-        if service.backend is None:
+        if service.adapter_keys(HaproxyService).backend is None:
             problems.append(("backend", "required for a haproxy service (the backend's name)"))
-        elif not HAPROXY_NAME.match(service.backend):
-            problems.append(("backend", f"{service.backend!r} is not a HAProxy backend name"))
-        for field in ("listener_arn", "rule_arn"):
-            if getattr(service, field) is not None:
-                problems.append((field, "only for an elbv2 provider"))
         owner: dict[str, str] = {}
         for s_index, site in enumerate(service.sites):
             for t_index, target in enumerate(site.targets):
                 path = f"sites[{s_index}].targets[{t_index}]"
-                if not HAPROXY_NAME.match(target):
+                if not HAPROXY_NAME.fullmatch(target):
                     problems.append((path, f"{target!r} is not a HAProxy server name"))
                 elif target in owner:
                     problems.append((path, f"server {target} is already in site {owner[target]}"))
@@ -306,7 +322,7 @@ class HaproxyProvider(Provider):
                 kind="lagging",
             )
         submitted = time.time()
-        ids = tuple(f"{s.backend}@{submitted:.3f}" for s in plan.services)
+        ids = tuple(f"{backend_of(s)}@{submitted:.3f}" for s in plan.services)
         return Receipt(self.name, ids, submitted, in_sync=True)
 
     async def _everywhere(
@@ -354,11 +370,11 @@ def _outcomes(
 
 
 def _backends(services: Sequence[ServiceConfig]) -> list[str]:
-    return sorted({str(s.backend) for s in services})
+    return sorted({backend_of(s) for s in services})
 
 
 def _servers(services: Sequence[ServiceConfig]) -> list[tuple[str, str]]:
-    return [(str(s.backend), t) for s in services for site in s.sites for t in site.targets]
+    return [(backend_of(s), t) for s in services for site in s.sites for t in site.targets]
 
 
 def _weight(state: BackendState, backend: str, server: str) -> int | None:
@@ -371,7 +387,7 @@ def _missing(label: str, services: Sequence[ServiceConfig], state: BackendState)
     where = f"haproxy {label}: "
     problems: list[str] = []
     for service in services:
-        backend = str(service.backend)
+        backend = backend_of(service)
         servers = state.get(backend)
         if servers is None:
             problems.append(f"{where}service {service.name}: no backend {backend!r}")
@@ -390,8 +406,9 @@ def _answers(
     service: ServiceConfig, states: Mapping[str, BackendState], complete: bool
 ) -> tuple[Answer, ...]:
     answers = []
+    backend = backend_of(service)
     for site in service.sites:
-        held = {_weight(s, str(service.backend), t) for s in states.values() for t in site.targets}
+        held = {_weight(s, backend, t) for s in states.values() for t in site.targets}
         if held == {None}:
             continue
         weight = held.pop() if complete and len(held) == 1 else None
@@ -420,7 +437,7 @@ def _writes(plan: Plan) -> list[Write]:
     for change in changes:
         assert change.after is not None
         weight = change.after.weight or 0
-        backend = str(change.service.backend)
+        backend = backend_of(change.service)
         writes.extend(
             Write(change.service.name, change.site, backend, t, weight)
             for t in sorted(change.after.targets)

@@ -225,13 +225,37 @@ def test_split_responses_keeps_one_answer_per_command() -> None:
 
 def test_validate_service_reports_key_paths() -> None:
     service = make_service(sites={"primary": ["a1", "bad name"], "standby": ["a1"]})
-    service = service.model_copy(update={"backend": None, "listener_arn": "arn:x"})
+    service = service.model_copy(update={"backend": None})
     assert HaproxyProvider.validate_service(service, None) == [
         ("backend", "required for a haproxy service (the backend's name)"),
-        ("listener_arn", "only for an elbv2 provider"),
         ("sites[0].targets[1]", "'bad name' is not a HAProxy server name"),
         ("sites[1].targets[0]", "server a1 is already in site primary"),
     ]
+
+
+@pytest.mark.parametrize("name", ["be\n", "be\nshow info", "be;x", "be x", "be/x", ""])
+def test_names_must_match_whole(name: str) -> None:
+    """A trailing newline once passed check-config and cut the runtime command line."""
+    data = config_data({"type": "haproxy", "socket": "/s"})
+    data["services"][0]["backend"] = name
+    data["services"][0]["sites"][0]["targets"] = [name]
+    with pytest.raises(ConfigError) as caught:
+        load_config(data=data)
+    assert caught.value.problems == [f"services[0].backend: {name!r} is not a HAProxy backend name"]
+    data["services"][0]["backend"] = "be"
+    with pytest.raises(ConfigError) as caught:
+        load_config(data=data)
+    assert caught.value.problems == [
+        f"services[0].sites[0].targets[0]: {name!r} is not a HAProxy server name"
+    ]
+
+
+def test_another_adapters_key_is_unknown() -> None:
+    data = config_data({"type": "haproxy", "socket": "/s"})
+    data["services"][0]["listener_arn"] = "arn:x"
+    with pytest.raises(ConfigError) as caught:
+        load_config(data=data)
+    assert caught.value.problems == ["services[0].listener_arn: unknown key"]
 
 
 def config_data(provider: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
-from trafficflip.config.schema import ServiceConfig
+from trafficflip.config.schema import NoServiceKeys, ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Plan, check_safe
 from trafficflip.errors import UnsafePlanError
@@ -40,6 +40,10 @@ class Provider(ABC):
     provider is a DNS name (``record``/``type``/``ttl``) or a pool; ``SUPPORTS_WEIGHTS``
     whether a ramp is expressed as exact weights or as mixed answers; ``MAX_WEIGHT`` the
     largest weight the backend accepts.
+
+    ``Config`` validates the provider's settings (``providers.NAME``); ``Service`` validates
+    the service keys the provider owns (a pool's ``backend``), written flat in each service
+    next to the core's keys. Read them with ``service.adapter_keys(cls.Service)``.
     """
 
     TYPE: ClassVar[str]
@@ -47,6 +51,7 @@ class Provider(ABC):
     SUPPORTS_WEIGHTS: ClassVar[bool] = True
     MAX_WEIGHT: ClassVar[int] = 100
     Config: ClassVar[type[BaseModel]]
+    Service: ClassVar[type[BaseModel]] = NoServiceKeys
 
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
@@ -64,7 +69,8 @@ class Provider(ABC):
     def validate_service(cls, service: ServiceConfig, config: Any) -> list[tuple[str, str]]:
         """Provider-specific problems with a service, as (key path in the service, reason).
 
-        Called once at start and by ``check-config``; must not do I/O.
+        Called once at start and by ``check-config``, after the service's keys passed
+        ``Service``; must not do I/O.
         """
         return []
 
@@ -160,6 +166,7 @@ def read_only(provider: Provider) -> Provider:
         "SUPPORTS_WEIGHTS": cls.SUPPORTS_WEIGHTS,
         "MAX_WEIGHT": cls.MAX_WEIGHT,
         "Config": cls.Config,
+        "Service": cls.Service,
     }
     wrapper: type[ReadOnlyProvider] = type(
         f"ReadOnly{cls.__name__}", (ReadOnlyProvider,), capabilities
