@@ -39,7 +39,6 @@ from trafficflip.decision.plan import Action, Change, Plan
 from trafficflip.errors import (
     PermanentProviderError,
     TransientProviderError,
-    UnsafePlanError,
 )
 
 from . import _dns as wire
@@ -253,6 +252,15 @@ class Rfc2136Provider(Provider):
 
     # -- applying ------------------------------------------------------------------------
 
+    def refuse_change(self, change: Change) -> str | None:
+        """Deleting or emptying an RRset would send the name's traffic nowhere."""
+        if change.after is None or not change.after.targets:
+            return (
+                f"service {change.service.name}: refusing to delete or empty its RRset "
+                f"{change.service.record} {change.service.type}"
+            )
+        return None
+
     async def _apply(self, plan: Plan) -> Receipt:
         """One UPDATE per zone (split only past the message size), each change guarded by a
         prerequisite on the RRset it replaces; a conflict is re-read and applied on the new
@@ -261,7 +269,6 @@ class Rfc2136Provider(Provider):
         """
         by_zone: dict[str, list[Change]] = defaultdict(list)
         for change in plan.changes:
-            _check_writable(change)
             by_zone[_zone(change.service)].append(change)
         change_ids = []
         for zone, changes in by_zone.items():
@@ -377,18 +384,6 @@ class Rfc2136Provider(Provider):
                 log.info("lagging server=%s zone=%s service=%s", endpoint, zone, service.name)
                 return False
         return True
-
-
-# -- messages ------------------------------------------------------------------------------
-
-
-def _check_writable(change: Change) -> None:
-    """Deleting or emptying an RRset would send the name's traffic nowhere."""
-    if change.after is None or not change.after.targets:
-        raise UnsafePlanError(
-            f"service {change.service.name}: refusing to delete or empty its RRset "
-            f"{change.service.record} {change.service.type}"
-        )
 
 
 # -- helpers -------------------------------------------------------------------------------

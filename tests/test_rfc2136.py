@@ -217,13 +217,21 @@ async def test_named_stopped_is_transient(named: Named, provider: Rfc2136Provide
         await provider.read([service()])
 
 
-async def test_deleting_or_emptying_the_rrset_is_refused(provider: Rfc2136Provider) -> None:
-    svc = service()
+async def test_deleting_or_emptying_the_rrset_is_refused_for_that_service_only(
+    named: Named, provider: Rfc2136Provider
+) -> None:
+    svc, other = service(), service("api")
     current = Answer(None, frozenset({"192.0.2.1"}), None, 30)
-    for after in (None, Answer(None, frozenset(), None, 30)):
+    for index, after in enumerate((None, Answer(None, frozenset(), None, 30))):
         change = Change(svc, "delete" if after is None else "update", current, after)
-        with pytest.raises(UnsafePlanError, match="refusing"):
-            await provider._apply(Plan((change,)))
+        created = Answer(None, frozenset({f"192.0.2.{50 + index}"}), None, 30)
+        desired = {svc.name: (current,), other.name: (created,)}
+        before = (await provider.read([other]))[other.name]
+        fine = Change(other, "update" if before else "create", next(iter(before), None), created)
+        with pytest.raises(UnsafePlanError, match="refusing") as caught:
+            await provider.apply(Plan((change, fine), desired))
+        assert caught.value.services == {"www"}
+        assert named.values(f"api.{ZONE}", "A") == set(created.targets)
 
 
 # -- conflicts, restarts, confirmation ---------------------------------------------------

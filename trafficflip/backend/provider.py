@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from trafficflip.config.schema import NoServiceKeys, ServiceConfig
 from trafficflip.decision.model import Answer
-from trafficflip.decision.plan import Plan, check_safe
-from trafficflip.errors import UnsafePlanError
+from trafficflip.decision.plan import Change, Plan, check_safe
+from trafficflip.errors import ProviderError, UnsafePlanError
 from trafficflip.runtime.retry import retry_transient
 
 log = logging.getLogger("trafficflip.backend.provider")
@@ -94,25 +94,64 @@ class Provider(ABC):
         """
 
     async def apply(self, plan: Plan) -> Receipt | None:
-        """Check, log and apply ``plan``, retrying transient errors with backoff."""
+        """Check, log and apply ``plan``, retrying transient errors with backoff.
+
+        Safety is judged per service: the changes of a service that breaks a rule are left
+        out, the rest is applied, then ``UnsafePlanError`` names the refused services in
+        ``services`` (one service, say with shares for sites just renamed, must not block
+        the provider's others). A ``ProviderError`` from the rest names its own services
+        and the refused ones together.
+        """
         if not plan:
             return None
-        for service in plan.services:
-            # A plan built without its desired answers cannot be checked: refuse it.
-            check_safe(service, plan.desired.get(service.name, ()))
-        self._check_weights(plan)
-        log.info("apply provider=%s %s", self.name, plan.summary)
-        return await retry_transient(lambda: self._apply(plan), what=f"{self.name} apply")
-
-    def _check_weights(self, plan: Plan) -> None:
-        """Refuse weights the backend cannot hold (some emulations accept them silently)."""
-        for change in plan.changes:
-            weight = change.after.weight if change.after is not None else None
-            if weight is not None and not 0 <= weight <= self.MAX_WEIGHT:
-                raise UnsafePlanError(
-                    f"{self.TYPE} {self.name}: weight {weight} for {change.service.name} "
-                    f"{change.site} is outside 0-{self.MAX_WEIGHT}"
+        refused = self._refusals(plan)
+        for name, reason in refused.items():
+            log.error("unsafe_plan provider=%s service=%s reason=%r", self.name, name, reason)
+        safe = _without(plan, refused)
+        receipt = None
+        if safe:
+            log.info("apply provider=%s %s", self.name, safe.summary)
+            try:
+                receipt = await retry_transient(
+                    lambda: self._apply(safe), what=f"{self.name} apply"
                 )
+            except ProviderError as exc:
+                if refused and exc.services is not None:
+                    exc.services = exc.services | frozenset(refused)
+                raise
+        if refused:
+            raise UnsafePlanError("; ".join(refused.values()), services=frozenset(refused))
+        return receipt
+
+    def _refusals(self, plan: Plan) -> dict[str, str]:
+        """Service name -> why its changes are refused, for every unsafe service."""
+        refused: dict[str, str] = {}
+        for service in plan.services:
+            try:
+                # A plan built without its desired answers cannot be checked: refuse it.
+                check_safe(service, plan.desired.get(service.name, ()))
+            except UnsafePlanError as exc:
+                refused[service.name] = str(exc)
+        for change in plan.changes:
+            reason = self._weight_problem(change) or self.refuse_change(change)
+            if reason is not None:
+                refused.setdefault(change.service.name, reason)
+        return refused
+
+    def _weight_problem(self, change: Change) -> str | None:
+        """Weights the backend cannot hold (some emulations accept them silently)."""
+        weight = change.after.weight if change.after is not None else None
+        if weight is not None and not 0 <= weight <= self.MAX_WEIGHT:
+            return (
+                f"{self.TYPE} {self.name}: weight {weight} for {change.service.name} "
+                f"{change.site} is outside 0-{self.MAX_WEIGHT}"
+            )
+        return None
+
+    def refuse_change(self, change: Change) -> str | None:
+        """Hook: why this backend must not make ``change`` (its service is then refused),
+        or ``None``. Pure; called by ``apply`` before anything is sent."""
+        return None
 
     async def confirm(self, receipt: Receipt) -> bool:
         """True once the change has reached every server that answers for it."""
@@ -155,6 +194,15 @@ class ReadOnlyProvider(Provider):
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+def _without(plan: Plan, services: Mapping[str, object]) -> Plan:
+    """``plan`` minus the changes and desired answers of ``services``."""
+    if not services:
+        return plan
+    changes = tuple(c for c in plan.changes if c.service.name not in services)
+    desired = {k: v for k, v in plan.desired.items() if k not in services}
+    return Plan(changes, desired)
 
 
 def read_only(provider: Provider) -> Provider:
