@@ -18,10 +18,11 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from trafficflip.backend.budget import CallBudget
 from trafficflip.backend.provider import Provider, Receipt
 from trafficflip.config.durations import Duration
 from trafficflip.config.schema import ServiceConfig
@@ -53,6 +54,9 @@ class Elbv2Config(BaseModel):
     type: Literal["elbv2"]
     region: str = "us-east-1"
     timeout: Duration = 10.0
+    # ELBv2 throttles per account and region, Describe* at 10 a second (40 saved up) and
+    # mutating actions lower; one budget for both keeps within the mutating ones.
+    max_calls_per_second: Annotated[float, Field(gt=0)] = 5.0
 
 
 class Elbv2Service(BaseModel):
@@ -83,6 +87,7 @@ class Elbv2Provider(Provider):
     ) -> None:
         super().__init__(name, config)
         self.client = client
+        self.budget = CallBudget(config.max_calls_per_second)
 
     @classmethod
     def create(cls, name: str, config: Any) -> Elbv2Provider:
@@ -114,7 +119,7 @@ class Elbv2Provider(Provider):
         return problems
 
     async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        result: T = await aws.call(f"elbv2 {what}", fn, TRANSIENT_CODES, **kwargs)
+        result: T = await aws.call(f"elbv2 {what}", self.budget, fn, TRANSIENT_CODES, **kwargs)
         return result
 
     # -- read -------------------------------------------------------------------------------

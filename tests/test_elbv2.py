@@ -234,7 +234,7 @@ async def test_throttling_is_transient() -> None:
     )
     with pytest.raises(TransientProviderError, match="Throttling: Rate exceeded") as caught:
         await p.read([service])
-    assert caught.value.kind == "Throttling"
+    assert caught.value.kind == "throttled"
 
 
 def test_the_example_config_is_valid() -> None:

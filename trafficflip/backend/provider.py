@@ -18,7 +18,6 @@ from trafficflip.config.schema import NoServiceKeys, ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Change, Plan, check_safe
 from trafficflip.errors import ProviderError, UnsafePlanError
-from trafficflip.runtime.retry import retry_transient
 
 log = logging.getLogger("trafficflip.backend.provider")
 
@@ -90,11 +89,12 @@ class Provider(ABC):
         Called only with a non-empty plan that passed the safety checks. Must change nothing
         outside the plan, must never leave half of one zone's/pool's changes applied when
         the backend offers atomic batches, and must build fresh requests on every call (it
-        is retried on ``TransientProviderError``).
+        may be called again with a new plan after a ``TransientProviderError``).
         """
 
     async def apply(self, plan: Plan) -> Receipt | None:
-        """Check, log and apply ``plan``, retrying transient errors with backoff.
+        """Check, log and apply ``plan`` once. Never retries: the engine's provider sync owns
+        retry, backoff and re-batching (a throttled batch is planned again, not resent).
 
         Safety is judged per service: the changes of a service that breaks a rule are left
         out, the rest is applied, then ``UnsafePlanError`` names the refused services in
@@ -112,9 +112,7 @@ class Provider(ABC):
         if safe:
             log.info("apply provider=%s %s", self.name, safe.summary)
             try:
-                receipt = await retry_transient(
-                    lambda: self._apply(safe), what=f"{self.name} apply"
-                )
+                receipt = await self._apply(safe)
             except ProviderError as exc:
                 if refused and exc.services is not None:
                     exc.services = exc.services | frozenset(refused)
