@@ -15,7 +15,7 @@ import yaml
 
 from tests.support import ROOT, trafficflip_command
 
-ADAPTER = '''
+ADAPTER = """
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,7 +54,7 @@ class DemoProvider(Provider):
             if keys.pool not in self.config.pools:
                 problems.append(f"providers.{self.name}: no pool {keys.pool} x{keys.spread}")
         return problems
-'''
+"""
 
 
 @pytest.fixture
