@@ -13,21 +13,30 @@ weights, which ``read`` reports as drift, so the next reconcile writes the share
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal, NamedTuple, TypeVar
+from typing import Annotated, Literal, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trafficflip.backend.budget import CallBudget
 from trafficflip.backend.provider import Provider, Receipt
 from trafficflip.config.durations import Duration
-from trafficflip.config.schema import ServiceConfig, split_host_port
+from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Change, Plan
 from trafficflip.errors import PermanentProviderError, ProviderError, TransientProviderError
+
+from ._haproxy_api import (
+    InstanceConfig,
+    RuntimeApi,
+    parse_servers_state,
+    split_responses,
+)
+
+__all__ = ["HaproxyConfig", "HaproxyProvider", "HaproxyService", "split_responses"]
 
 T = TypeVar("T")
 # HAProxy's own rule for proxy and server names; it also keeps ';' (the runtime API's command
@@ -39,31 +48,6 @@ NO_BACKEND = "Can't find backend."
 BackendState = dict[str, dict[str, int] | None]
 
 
-class InstanceConfig(BaseModel):
-    """One HAProxy process: its stats socket (``level admin``) as a path or ``host:port``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    socket: str | None = None
-    address: str | None = None
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_host_port(value)
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> InstanceConfig:
-        if (self.socket is None) == (self.address is None):
-            raise ValueError("set socket (a unix socket path) or address (host:port), not both")
-        return self
-
-    @property
-    def label(self) -> str:
-        return self.socket or str(self.address)
-
-
 class HaproxyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["haproxy"]
@@ -71,6 +55,11 @@ class HaproxyConfig(BaseModel):
     address: str | None = None
     instances: list[InstanceConfig] = []
     timeout: Duration = 2.0
+    # Runtime-API sessions a second, per instance. A batch is one session (one command line;
+    # HAProxy 2.6 took 3,000 commands, 80 KB, in one line here), so this bounds how often
+    # trafficflip connects, not how much it changes. The stats socket serves 10 connections
+    # at once by default (`stats maxconn`).
+    max_calls_per_second: Annotated[float, Field(gt=0)] = 20.0
 
     @model_validator(mode="after")
     def _endpoints(self) -> HaproxyConfig:
@@ -90,85 +79,6 @@ class HaproxyConfig(BaseModel):
         if self.instances:
             return list(self.instances)
         return [InstanceConfig(socket=self.socket, address=self.address)]
-
-
-class RuntimeApi:
-    """The runtime API of one HAProxy instance: one connection per batch of commands."""
-
-    def __init__(self, endpoint: InstanceConfig, timeout: float) -> None:
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self.label = endpoint.label
-
-    async def run(self, commands: Sequence[str]) -> list[str]:
-        """Send ``commands`` as one ``;``-separated line; return one response per command.
-
-        An empty response means success for a ``set`` command. Unreachable or silent
-        instances raise ``TransientProviderError`` (a restart makes the socket vanish briefly).
-        """
-        line = (";".join(commands) + "\n").encode()
-        try:
-            raw = await asyncio.wait_for(self._exchange(line), self.timeout)
-        except TimeoutError:
-            raise TransientProviderError(
-                f"haproxy {self.label}: no answer within {self.timeout:g}s", kind="unreachable"
-            ) from None
-        except OSError as exc:
-            raise TransientProviderError(
-                f"haproxy {self.label}: {exc.strerror or exc}", kind="unreachable"
-            ) from exc
-        responses = split_responses(raw.decode(errors="replace"))
-        if len(responses) != len(commands):
-            raise PermanentProviderError(
-                f"haproxy {self.label}: unexpected answer {raw[:200]!r}", kind="protocol"
-            )
-        return responses
-
-    async def _exchange(self, data: bytes) -> bytes:
-        if self.endpoint.socket is not None:
-            reader, writer = await asyncio.open_unix_connection(self.endpoint.socket)
-        else:
-            host, port = split_host_port(str(self.endpoint.address))
-            reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(data)
-            await writer.drain()
-            # Without "prompt" HAProxy answers every command and closes the connection.
-            return await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-
-def split_responses(text: str) -> list[str]:
-    """Split the runtime API's output: every response ends with an empty line."""
-    responses: list[str] = []
-    current: list[str] = []
-    for line in text.split("\n")[:-1]:
-        if line:
-            current.append(line)
-        else:
-            responses.append("\n".join(current))
-            current = []
-    if current:
-        responses.append("\n".join(current))
-    return responses
-
-
-def parse_servers_state(text: str) -> dict[str, int]:
-    """``show servers state`` -> server name -> user weight, columns found by their header."""
-    lines = text.splitlines()
-    header = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
-    if header is None:
-        raise ValueError(text.strip() or "empty answer")
-    columns = lines[header][2:].split()
-    name_at, weight_at = columns.index("srv_name"), columns.index("srv_uweight")
-    return {
-        fields[name_at]: int(fields[weight_at])
-        for fields in (line.split() for line in lines[header + 1 :])
-        if len(fields) > weight_at
-    }
 
 
 class HaproxyService(BaseModel):
@@ -204,7 +114,13 @@ class HaproxyProvider(Provider):
         self, name: str, config: HaproxyConfig, apis: Sequence[RuntimeApi] | None = None
     ) -> None:
         super().__init__(name, config)
-        self.apis = list(apis or [RuntimeApi(e, config.timeout) for e in config.endpoints()])
+        self.apis = list(
+            apis
+            or [
+                RuntimeApi(e, config.timeout, CallBudget(config.max_calls_per_second))
+                for e in config.endpoints()
+            ]
+        )
         # The weight last written per (backend, server), to tell which instance forgot it.
         self._written: dict[tuple[str, str], int] = {}
 

@@ -132,7 +132,7 @@ async def test_one_instance_down_the_other_is_updated_and_named(
         plan = await plan_for(provider, service, {"standby": 100})
         assert [c.after.weight for c in plan.changes if c.after] == [0, 100]
         with pytest.raises(TransientProviderError) as caught:
-            await provider._apply(plan)  # the public apply retries this with backoff
+            await provider.apply(plan)  # the engine retries this with backoff
         assert str(caught.value) == (
             f"haproxy lb: {down.socket} lags (Connection refused); updated {up.socket}"
         )
@@ -149,6 +149,30 @@ async def test_one_instance_down_the_other_is_updated_and_named(
     finally:
         up.close()
         down.close()
+
+
+async def test_a_batch_is_one_session_per_instance(http_sites: dict[str, HttpSite]) -> None:
+    """Three services in three backends: one read and one write session on each instance."""
+    sites = {"primary": ["a1"], "standby": ["b1"]}
+    backends = ("be", "api", "db")
+    servers = {n: http_sites[n] for n in ("a1", "b1")}
+    first = HaproxyServer(servers, extra_backends=backends[1:]).start()
+    second = HaproxyServer(servers, extra_backends=backends[1:]).start()
+    try:
+        provider = provider_for({"socket": first.socket}, {"socket": second.socket})
+        services = [
+            make_service(b, sites).model_copy(update={"name": f"svc-{b}"}) for b in backends
+        ]
+        actual = await provider.read(services)
+        desired = {s.name: render(s, {"standby": 100}, weighted=True) for s in services}
+        changes = [c for s in services for c in diff(s, desired[s.name], actual[s.name])]
+        await provider.apply(make_plan(changes, desired))
+        assert [api.budget.spent for api in provider.apis] == [2, 2]
+        for backend in backends:
+            assert first.weights(backend) == second.weights(backend) == {"a1": 0, "b1": 100}
+    finally:
+        first.close()
+        second.close()
 
 
 async def test_every_instance_down_is_transient(haproxy: HaproxyServer) -> None:
