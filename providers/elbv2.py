@@ -45,6 +45,8 @@ RULE_ARN = re.compile(_ARN + r"listener-rule/(app|net|gwy)/[^/\s]+/[0-9a-f]+/[0-
 TARGET_GROUP_ARN = re.compile(_ARN + r"targetgroup/[^/\s]+/[0-9a-f]+")
 # ELBv2's documented limit for one forward action.
 MAX_TARGET_GROUPS = 5
+# The largest page DescribeListeners and DescribeRules return (their PageSize maximum).
+PAGE_SIZE = 400
 TRANSIENT_CODES = aws.THROTTLING_CODES | {"TooManyRequestsException"}
 NOT_FOUND = {"ListenerNotFound", "RuleNotFound"}
 
@@ -169,12 +171,23 @@ class Elbv2Provider(Provider):
         return found
 
     async def _describe_arns(self, arns: list[str], what: str) -> dict[str, list[Any]]:
-        if what == "DescribeListeners":
-            reply = await self._call(what, self.client.describe_listeners, ListenerArns=arns)
-            listeners = reply["Listeners"]
-            return {x["ListenerArn"]: x.get("DefaultActions", []) for x in listeners}
-        rules = await self._call(what, self.client.describe_rules, RuleArns=arns)
-        return {r["RuleArn"]: r.get("Actions", []) for r in rules["Rules"]}
+        """All of ``arns`` in as few calls as ELBv2 pages them (``PAGE_SIZE`` a call)."""
+        found: dict[str, list[Any]] = {}
+        params: dict[str, Any] = {"PageSize": PAGE_SIZE}
+        while True:
+            if what == "DescribeListeners":
+                reply: Any = await self._call(
+                    what, self.client.describe_listeners, ListenerArns=arns, **params
+                )
+                found.update(
+                    (x["ListenerArn"], x.get("DefaultActions", [])) for x in reply["Listeners"]
+                )
+            else:
+                reply = await self._call(what, self.client.describe_rules, RuleArns=arns, **params)
+                found.update((r["RuleArn"], r.get("Actions", [])) for r in reply["Rules"])
+            if not reply.get("NextMarker"):
+                return found
+            params["Marker"] = reply["NextMarker"]
 
     # -- apply ------------------------------------------------------------------------------
 
