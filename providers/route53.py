@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trafficflip.backend.budget import CallBudget
 from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.config.durations import Duration
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Change, Plan
@@ -42,7 +43,7 @@ class Route53Config(BaseModel):
     type: Literal["route53"]
     hosted_zone_id: str | None = None
     region: str = "us-east-1"
-    timeout: float = 10.0
+    timeout: Duration = 10.0
     # Route53 throttles the whole account; its long-standing documented rate is 5 requests a
     # second (reads count too). Lower it when other tools share the account.
     max_calls_per_second: Annotated[float, Field(gt=0)] = 5.0
