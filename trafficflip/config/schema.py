@@ -6,16 +6,18 @@ long enough for the TTL) live in ``trafficflip.config.loader``. Both report ``ke
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -196,7 +198,40 @@ class SiteConfig(Strict):
     weight: Annotated[int, Field(ge=1, le=100)] = 1
 
 
-class ServiceConfig(Strict):
+class NoServiceKeys(Strict):
+    """The adapter keys of a provider that has none: every key it is given is unknown."""
+
+
+K = TypeVar("K", bound=BaseModel)
+
+
+class _KeysCache:
+    """A service's adapter keys, validated once. Not part of the service's identity: two
+    services with the same keys are equal whether or not either was asked for them."""
+
+    __slots__ = ("extra", "keys")
+
+    def __init__(self) -> None:
+        self.extra: dict[str, Any] | None = None
+        self.keys: BaseModel | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _KeysCache)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ServiceConfig(BaseModel):
+    """One service. The YAML is flat: the keys below are the core's (the DNS keys ``zone``,
+    ``record``, ``type`` and ``ttl`` among them, shared by every DNS provider and used by plan
+    rendering); any other key belongs to the service's provider, whose ``Service`` model
+    validates it (``adapter_keys``). Unknown keys are reported by the loader, with their path.
+    """
+
+    # extra="allow" keeps the adapter's keys for its own model; the loader rejects the rest.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    _adapter_keys: _KeysCache = PrivateAttr(default_factory=_KeysCache)
+
     name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
     provider: str
     zone: str | None = None
@@ -208,10 +243,6 @@ class ServiceConfig(Strict):
     failback: FailbackConfig = FailbackConfig()
     all_down: Literal["keep", "all"] = "keep"
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
-    # Pool services name their load-balancer object instead of a record.
-    backend: str | None = None  # haproxy
-    listener_arn: str | None = None  # elbv2
-    rule_arn: str | None = None  # elbv2
 
     @model_validator(mode="after")
     def _canonical_targets(self) -> ServiceConfig:
@@ -227,6 +258,23 @@ class ServiceConfig(Strict):
 
     def site(self, name: str) -> SiteConfig:
         return next(s for s in self.sites if s.name == name)
+
+    @property
+    def extra_keys(self) -> dict[str, Any]:
+        """The keys the core does not own, as written: the provider's to validate."""
+        return dict(self.model_extra or {})
+
+    def adapter_keys(self, model: builtins.type[K]) -> K:
+        """This service's provider keys validated by ``model`` (the provider's ``Service``).
+
+        Validated on first use and kept; raises ``pydantic.ValidationError`` (the loader has
+        already reported it for a loaded config).
+        """
+        cache, extra = self._adapter_keys, self.extra_keys
+        if not isinstance(cache.keys, model) or cache.extra != extra:
+            cache.keys, cache.extra = model.model_validate(extra), extra
+        assert isinstance(cache.keys, model)
+        return cache.keys
 
     @property
     def site_names(self) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from trafficflip.decision.plan import Change, Plan, diff, make_plan, render
 from trafficflip.errors import (
     PermanentProviderError,
     ProviderError,
+    TrafficflipError,
     TransientProviderError,
     UnsafePlanError,
 )
@@ -193,8 +194,7 @@ class ProviderSync:
             receipt = await self.provider.apply(plan)
         except (ProviderError, UnsafePlanError) as exc:
             self.status.lagging = self.provider.lagging_instances
-            named = exc.services if isinstance(exc, ProviderError) else None
-            failed = set(named) if named else {s.name for s in configs}
+            failed = set(exc.services) if exc.services else {s.name for s in configs}
             # The provider applied the rest of the plan before naming these.
             done = [s for s in configs if s.name not in failed]
             self._applied(plan, done, planned, None)
@@ -274,7 +274,7 @@ class ProviderSync:
 
     def _failed(self, names: list[str], exc: Exception) -> None:
         status = self.status
-        kind = exc.kind if isinstance(exc, ProviderError) else type(exc).__name__
+        kind = exc.kind if isinstance(exc, TrafficflipError) else type(exc).__name__
         status.ok, status.error, status.error_kind = False, str(exc), kind
         status.errors += 1
         status.failures_in_row += 1
