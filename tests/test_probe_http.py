@@ -174,8 +174,7 @@ async def test_body_is_matched_on_a_capped_prefix(prober: Prober) -> None:
 
 async def test_chunked_body_and_extra_headers(prober: Prober) -> None:
     chunked = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"3\r\nall\r\n5\r\n good\r\n0\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nall\r\n5\r\n good\r\n0\r\n\r\n"
     )
     async with RawSite(chunked) as site:
         probe = check(site.url("http", "/h?full=1"), body_regex="^all good$", headers={"X-K": "v"})

@@ -1,52 +1,33 @@
-"""The scheduler wiring: APScheduler 3.x triggers probes, ticks and reconciles; it decides nothing.
+"""The scheduler wiring: it triggers probes, ticks and reconciles; it decides nothing.
 
-One ``AsyncIOScheduler`` per process (a scheduler per web worker would run every job N times).
-Every job has ``max_instances=1``, ``coalesce=True`` and an explicit misfire grace: a late run
-is still run once rather than silently skipped by APScheduler's 1 s default.
+Probes, the 1 s engine tick and the reconcile run on a ``MonotonicScheduler`` (the event
+loop's monotonic clock), so a wall-clock step neither stalls nor hurries a failover. One
+APScheduler ``AsyncIOScheduler`` per process stays for jobs that belong to the wall clock
+(cron-like jobs; none today). One scheduler per process: a scheduler per web worker would run
+every job N times.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections import deque
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC
 from typing import Protocol
 
-from apscheduler.events import (
-    EVENT_JOB_ERROR,
-    EVENT_JOB_MAX_INSTANCES,
-    EVENT_JOB_MISSED,
-    EVENT_JOB_SUBMITTED,
-    JobEvent,
-    JobExecutionEvent,
-    JobSubmissionEvent,
-)
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.monitor import ProbeJob
+from trafficflip.runtime.probe_scheduler import LAG_SAMPLES, MonotonicScheduler, SchedulerStats
 from trafficflip.runtime.probes import Prober
+
+__all__ = ["LAG_SAMPLES", "TICK_INTERVAL", "Component", "Runner", "SchedulerStats"]
 
 log = logging.getLogger("trafficflip.runtime.scheduler")
 TICK_INTERVAL = 1.0
-# Lag samples kept for status and benchmarks.
-LAG_SAMPLES = 10000
-
-
-class SchedulerStats:
-    """Scheduling lag (actual start minus due time) and missed or overrunning jobs."""
-
-    def __init__(self) -> None:
-        self.lags: deque[float] = deque(maxlen=LAG_SAMPLES)
-        self.missed = 0
-        self.overrun = 0
-        self.errors = 0
-        self.runs = 0
 
 
 class Component(Protocol):
@@ -58,7 +39,11 @@ class Component(Protocol):
 
 
 class Runner:
-    """Runs the engine under one scheduler, with its components, until ``stop()``."""
+    """Runs the engine under one scheduler, with its components, until ``stop()``.
+
+    ``alive_at`` is the monotonic time (``time.monotonic()``) of the last engine tick;
+    ``/healthz`` compares it with ``time.monotonic()``.
+    """
 
     def __init__(
         self,
@@ -73,78 +58,47 @@ class Runner:
         self.reconcile_interval = reconcile_interval
         self.components = list(components)
         self.stats = SchedulerStats()
+        self.timers = MonotonicScheduler(self.stats)
+        # For wall-clock jobs only; probes, ticks and reconciles are on ``timers``.
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._stopped = asyncio.Event()
-        self.alive_at = time.time()
+        self.alive_at = time.monotonic()
 
     def schedule(self) -> None:
-        now = datetime.now(UTC)
-        for job in self.engine.jobs.values():
-            self._add_probe(job, now)
-        self.scheduler.add_job(
-            self._tick,
-            IntervalTrigger(seconds=TICK_INTERVAL),
-            id="tick",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=30,
-            next_run_time=now,
+        """Add the probe, tick and reconcile jobs (probes spread over their interval)."""
+        self.timers.add_spread(
+            [
+                (f"probe:{i}", job.health.interval, self._prober_of(job))
+                for i, job in enumerate(self.engine.jobs.values())
+            ]
         )
-        self.scheduler.add_job(
-            self._reconcile,
-            IntervalTrigger(seconds=self.reconcile_interval),
-            id="reconcile",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=int(self.reconcile_interval) + 1,
-            next_run_time=now,
-        )
-        self.scheduler.add_listener(
-            self._on_event,
-            EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_SUBMITTED | EVENT_JOB_ERROR,
-        )
+        self.timers.add("tick", TICK_INTERVAL, self._tick)
+        self.timers.add("reconcile", self.reconcile_interval, self._reconcile)
+        self.scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_ERROR)
 
-    def _add_probe(self, job: ProbeJob, now: datetime) -> None:
-        interval = job.health.interval
-        # Spread first runs over one interval so a thousand checks do not fire together.
-        first = now + timedelta(seconds=random.uniform(0, interval))
-        self.scheduler.add_job(
-            self._probe,
-            IntervalTrigger(seconds=interval, jitter=min(0.05 * interval, 0.5)),
-            args=[job.key],
-            id=f"probe:{hash(job.key)}",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, int(interval)),
-            next_run_time=first,
-        )
+    def _prober_of(self, job: ProbeJob) -> Callable[[], Awaitable[None]]:
+        key, check, timeout = job.key, job.check, job.health.timeout
+        probe, observe = self.prober.probe, self.engine.observe
 
-    async def _probe(self, key: str) -> None:
-        job = self.engine.jobs[key]
-        result = await self.prober.probe(job.check, job.health.timeout)
-        self.engine.observe(key, result)
+        async def run() -> None:
+            observe(key, await probe(check, timeout))
+
+        return run
 
     async def _tick(self) -> None:
-        self.alive_at = time.time()
+        self.alive_at = time.monotonic()
         await self.engine.tick()
 
     async def _reconcile(self) -> None:
         await self.engine.reconcile()
 
     def _on_event(self, event: JobEvent) -> None:
-        if event.code == EVENT_JOB_SUBMITTED and isinstance(event, JobSubmissionEvent):
-            self.stats.runs += 1
-            due = event.scheduled_run_times[-1]
-            self.stats.lags.append((datetime.now(UTC) - due).total_seconds())
-        elif event.code == EVENT_JOB_MISSED:
+        if event.code == EVENT_JOB_MISSED:
             self.stats.missed += 1
             log.warning("job_missed job=%s", event.job_id)
-        elif event.code == EVENT_JOB_MAX_INSTANCES:
-            self.stats.overrun += 1
-            log.warning("job_overrun job=%s: previous run still going", event.job_id)
-        elif event.code == EVENT_JOB_ERROR and isinstance(event, JobExecutionEvent):
+        else:
             self.stats.errors += 1
-            log.error("job_error job=%s error=%r", event.job_id, event.exception)
+            log.error("job_error job=%s", event.job_id)
 
     async def run(self) -> None:
         """Start the scheduler and the components, wait until ``stop()``, shut all down.
@@ -153,6 +107,7 @@ class Runner:
         stopping service still reach a notifier listed before the API server.
         """
         self.schedule()
+        self.timers.start()
         self.scheduler.start()
         started: list[Component] = []
         try:
@@ -164,6 +119,7 @@ class Runner:
             )
             await self._stopped.wait()
         finally:
+            self.timers.stop()
             self.scheduler.shutdown(wait=False)
             for component in reversed(started):
                 await component.stop()
