@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests run for real (installed only when missing and root).
 SYSTEM_PACKAGES := bind9 bind9-utils bind9-dnsutils haproxy chromium faketime
-SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium /usr/bin/faketime
 
 .PHONY: demo test lint bench system-packages clean
 
