@@ -76,7 +76,15 @@ async def serve(config: Config) -> None:
     tokens = load_tokens(api_config)  # a bad tokens file is a ConfigError before anything runs
     store = open_store(config.settings.state)
     engine = Engine(config, store, build_providers(config))
-    runner = Runner(engine, Prober(), reconcile_interval=config.settings.reconcile_interval)
+    settings = config.settings
+    runner = Runner(
+        engine,
+        Prober(),
+        reconcile_interval=settings.reconcile_interval,
+        probe_workers=settings.probe_workers,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
     metrics = Metrics(engine, runner)
     runner.components.append(Notifier(config.settings.notify, engine, counted=metrics.notified))
     if api_config.enabled:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 log = logging.getLogger("trafficflip.runtime.scheduler")
 # Lag samples kept for status, metrics and benchmarks.
 LAG_SAMPLES = 10000
+LABEL_MAX = 32
 
 
 class SchedulerStats:
@@ -34,6 +36,16 @@ class SchedulerStats:
         self.overrun = 0
         self.errors = 0
         self.runs = 0
+        # Probe worker processes that died and were started again (probe_workers > 1).
+        self.worker_restarts = 0
+
+
+def job_label(name: str) -> str:
+    """A short, stable name for logs: a probe job's name is its check key, which holds the
+    check's headers (possibly a secret) and is too long for a log line."""
+    if len(name) <= LABEL_MAX:
+        return name
+    return f"probe:{zlib.crc32(name.encode()):08x}"
 
 
 @dataclass
@@ -88,6 +100,12 @@ class MonotonicScheduler:
             task.cancel()
         self._loop = None
 
+    def remove(self, name: str) -> None:
+        """Stop scheduling ``name``; a run in progress finishes."""
+        job = self._jobs.pop(name, None)
+        if job is not None and job.handle is not None:
+            job.handle.cancel()
+
     def names(self) -> list[str]:
         return list(self._jobs)
 
@@ -107,7 +125,7 @@ class MonotonicScheduler:
         stats.lags.append(now - job.due)
         if job.running:
             stats.overrun += 1
-            log.warning("job_overrun job=%s: previous run still going", job.name)
+            log.warning("job_overrun job=%s: previous run still going", job_label(job.name))
         else:
             job.running = True
             task = self._loop.create_task(self._run(job))
@@ -128,6 +146,6 @@ class MonotonicScheduler:
             raise
         except Exception as exc:  # a job's failure must not stop its next runs
             self.stats.errors += 1
-            log.error("job_error job=%s error=%r", job.name, exc)
+            log.error("job_error job=%s error=%r", job_label(job.name), exc)
         finally:
             job.running = False

@@ -22,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.monitor import ProbeJob
 from trafficflip.runtime.probe_scheduler import LAG_SAMPLES, MonotonicScheduler, SchedulerStats
+from trafficflip.runtime.probe_workers import ProbeWorkers
 from trafficflip.runtime.probes import Prober
 
 __all__ = ["LAG_SAMPLES", "TICK_INTERVAL", "Component", "Runner", "SchedulerStats"]
@@ -52,7 +53,12 @@ class Runner:
         *,
         reconcile_interval: float,
         components: Sequence[Component] = (),
+        probe_workers: int = 1,
+        log_level: str = "INFO",
+        log_format: str = "text",
     ) -> None:
+        """``probe_workers`` 1 probes in this process; N > 1 runs N probe processes (they log
+        with ``log_level`` and ``log_format``)."""
         self.engine = engine
         self.prober = prober
         self.reconcile_interval = reconcile_interval
@@ -63,18 +69,49 @@ class Runner:
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._stopped = asyncio.Event()
         self.alive_at = time.monotonic()
+        self._probing: set[str] = set()
+        self.workers = (
+            ProbeWorkers(
+                list(engine.jobs.values()),
+                probe_workers,
+                engine.observe,
+                self.stats,
+                log_level=log_level,
+                log_format=log_format,
+            )
+            if probe_workers > 1
+            else None
+        )
 
     def schedule(self) -> None:
-        """Add the probe, tick and reconcile jobs (probes spread over their interval)."""
-        self.timers.add_spread(
-            [
-                (f"probe:{i}", job.health.interval, self._prober_of(job))
-                for i, job in enumerate(self.engine.jobs.values())
-            ]
-        )
+        """Add the probe (unless workers run them), tick and reconcile jobs; probes are
+        spread over their interval."""
+        if self.workers is None:
+            self._probing = set(self.engine.jobs)
+            self.timers.add_spread(
+                [
+                    (key, job.health.interval, self._prober_of(job))
+                    for key, job in self.engine.jobs.items()
+                ]
+            )
         self.timers.add("tick", TICK_INTERVAL, self._tick)
         self.timers.add("reconcile", self.reconcile_interval, self._reconcile)
         self.scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_ERROR)
+
+    async def sync_probes(self) -> None:
+        """Follow ``engine.jobs`` after a reload: probe new checks, stop removed ones.
+        Workers are restarted with new shards when the set of checks changed."""
+        if self.workers is not None:
+            await self.workers.reshard(list(self.engine.jobs.values()))
+            return
+        current = set(self.engine.jobs)
+        for key in self._probing - current:
+            self.timers.remove(key)
+        added = [self.engine.jobs[key] for key in current - self._probing]
+        self.timers.add_spread(
+            [(job.key, job.health.interval, self._prober_of(job)) for job in added]
+        )
+        self._probing = current
 
     def _prober_of(self, job: ProbeJob) -> Callable[[], Awaitable[None]]:
         key, check, timeout = job.key, job.check, job.health.timeout
@@ -111,6 +148,9 @@ class Runner:
         self.scheduler.start()
         started: list[Component] = []
         try:
+            if self.workers is not None:
+                await self.workers.start()
+                started.append(self.workers)
             for component in self.components:
                 await component.start()
                 started.append(component)
