@@ -132,7 +132,9 @@ class Prober:
         self.loop_monitor.ensure_running()
         started = time.monotonic()
         try:
-            reason = await asyncio.wait_for(self._run(check, timeout), timeout)
+            # asyncio.timeout, not wait_for: no extra task per probe.
+            async with asyncio.timeout(timeout):
+                reason = await self._run(check, timeout)
         except TimeoutError:
             reason = "timeout"
         except Exception as exc:  # a probe must never take the scheduler down
