@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 from trafficflip.config.schema import Check, HealthConfig
 from trafficflip.decision.model import ProbeResult
 from trafficflip.logs import setup_logging
+from trafficflip.runtime import eventloop
 from trafficflip.runtime.probe_scheduler import MonotonicScheduler
 from trafficflip.runtime.probes import Prober
 
@@ -101,4 +102,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    eventloop.run(main())
