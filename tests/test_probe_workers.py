@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.service import FALL, INTERVAL, PRIMARY, STANDBY, Deployment
@@ -130,7 +131,7 @@ def test_probe_workers_is_validated(value: object) -> None:
 
 
 def test_a_service_with_probe_workers_fails_over_and_survives_a_worker_death(
-    tmp_path: Path, moto_server: MotoServer
+    tmp_path: Path, moto_server: MotoServer, api_port: str
 ) -> None:
     deployment = Deployment(tmp_path, moto_server, env={"TRAFFICFLIP_PROBE_WORKERS": "2"})
     try:
@@ -154,6 +155,8 @@ def test_a_service_with_probe_workers_fails_over_and_survives_a_worker_death(
         )
         probes = deployment.primary.requests
         wait_until(lambda: deployment.primary.requests > probes + 2, timeout=5, what="probing")
+        metrics = httpx.get(f"http://{api_port}/metrics", timeout=10).text
+        assert "trafficflip_probe_worker_restarts_total 2.0" in metrics
         deployment.primary.stop()
         wait_until(
             lambda: deployment.weights() == STANDBY,
