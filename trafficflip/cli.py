@@ -26,6 +26,7 @@ from trafficflip.errors import ConfigError
 from trafficflip.logs import setup_logging
 from trafficflip.operations.status import service_status, table
 from trafficflip.operations.views import describe_check
+from trafficflip.runtime import eventloop
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.monitor import ProbeJob
 from trafficflip.runtime.probes import Prober
@@ -82,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(config, args.config))
+        eventloop.run(serve(config, args.config))  # uvloop when installed: less CPU per probe
     finally:
         lock.release()
     return 0
@@ -99,13 +100,27 @@ async def serve(config: Config, path: str | None = None) -> None:
     tokens = load_tokens(api_config)  # a bad tokens file is a ConfigError before anything runs
     store = open_store(config.settings.state)
     engine = Engine(config.services, store, build_providers(config))
-    runner = Runner(engine, Prober(), reconcile_interval=config.settings.reconcile_interval)
+    settings = config.settings
+    runner = Runner(
+        engine,
+        Prober(),
+        reconcile_interval=settings.reconcile_interval,
+        probe_workers=settings.probe_workers,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
     metrics = Metrics(engine, runner)
     runner.components.append(Notifier(config.settings.notify, engine, counted=metrics.notified))
     if api_config.enabled:
         app = create_app(engine, runner, metrics, tokens)
         runner.components.append(ApiServer(app, api_config.listen))
-    reloader = Reloader(path, config, engine, build_providers, runner.refresh_probes)
+    reloader = Reloader(
+        path,
+        config,
+        engine,
+        build_providers,
+        lambda: asyncio.get_running_loop().create_task(runner.sync_probes()),
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from trafficflip.config.durations import Duration
 
 MIN_INTERVAL = 0.1
+MAX_PROBE_WORKERS = 64
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -358,6 +359,8 @@ class Settings(BaseSettings):
     config: str | None = None
     state: str = "sqlite:///trafficflip.db"
     reconcile_interval: Duration = 30.0
+    # 1 probes in the service's process; N > 1 runs N probe processes (docs/performance.md).
+    probe_workers: Annotated[int, Field(ge=1, le=MAX_PROBE_WORKERS)] = 1
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = (
         "INFO"
     )

@@ -165,7 +165,7 @@ def _routes(app: FastAPI, engine: Engine, runner: Runner, metrics: Metrics) -> N
     @app.get("/healthz", response_model=Probe, responses={503: {"model": Probe}})
     async def healthz(response: Response) -> Probe:
         """The process answers and its scheduler ticked recently."""
-        stalled = time.time() - runner.alive_at
+        stalled = time.monotonic() - runner.alive_at  # both monotonic: immune to clock steps
         if stalled > STALLED_TICKS * TICK_INTERVAL:
             response.status_code = 503
             return Probe(status="stalled", reasons=[f"scheduler: no tick for {stalled:.0f}s"])

@@ -51,6 +51,7 @@ class Metrics(EngineListener):
     def __init__(self, engine: Engine, runner: Runner) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._checks = {key: describe_check(job.check) for key, job in engine.jobs.items()}
+        self._probe_histograms: dict[str, Histogram] = {}
         r = self.registry
         self.probe_seconds = Histogram(
             "trafficflip_probe_duration_seconds",
@@ -103,10 +104,14 @@ class Metrics(EngineListener):
     # -- EngineListener ---------------------------------------------------------------------
 
     def probed(self, key: str, result: ProbeResult) -> None:
-        check = self._checks[key]
-        self.probe_seconds.labels(check).observe(result.latency)
+        # The hottest hook (every probe): the labelled child is looked up once per check,
+        # not on every probe (``labels()`` takes a lock and builds the label tuple).
+        histogram = self._probe_histograms.get(key)
+        if histogram is None:
+            histogram = self._probe_histograms[key] = self.probe_seconds.labels(self._checks[key])
+        histogram.observe(result.latency)
         if not result.ok:
-            self.probe_failures.labels(check, reason_label(result.reason)).inc()
+            self.probe_failures.labels(self._checks[key], reason_label(result.reason)).inc()
 
     def journaled(self, entries: Sequence[JournalEntry]) -> None:
         for entry in entries:
@@ -212,6 +217,7 @@ class StateCollector(Collector):
             ("scheduler_missed_runs", stats.missed, "Jobs skipped past their misfire grace"),
             ("scheduler_overruns", stats.overrun, "Runs skipped: the previous still going"),
             ("scheduler_job_errors", stats.errors, "Jobs that raised"),
+            ("probe_worker_restarts", stats.worker_restarts, "Probe worker processes restarted"),
         ):
             yield CounterMetricFamily(f"trafficflip_{name}", text, value=value)
 

@@ -31,7 +31,7 @@ class Reloader:
         config: Config,
         engine: Engine,
         build: Callable[[Config], Mapping[str, Provider]],
-        after: Callable[[], None] = lambda: None,
+        after: Callable[[], object] = lambda: None,
     ) -> None:
         self.path = path
         self.config = config
