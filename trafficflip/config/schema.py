@@ -228,6 +228,10 @@ NotifyEvent = Literal[
     "ramp_step",
     "failback_completed",
     "failback_aborted",
+    "planned_move_started",
+    "planned_move_completed",
+    "drain_started",
+    "drain_completed",
     "all_down",
     "recovered",
     "command",
@@ -245,6 +249,13 @@ class ApiConfig(Strict):
     # Name -> token; the name is journaled as the source of every command made with it.
     tokens: dict[Annotated[str, Field(pattern=TOKEN_NAME_PATTERN)], SecretStr] = {}
     tokens_file: Path | None = None
+    # Reads need a token too (all but /healthz, /readyz and /metrics).
+    read_auth: bool = False
+    # Host header values accepted ("*.example.com" allowed); empty accepts any. A browser
+    # on the same machine can be pointed at a loopback API through a rebinding DNS name.
+    allowed_hosts: list[str] = []
+    # Largest request body accepted, in bytes; a command body is a few hundred.
+    max_body: Annotated[int, Field(ge=1024, le=1048576)] = 16384
 
     @field_validator("listen")
     @classmethod

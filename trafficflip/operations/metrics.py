@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trafficflip.decision.model import JournalEntry, ProbeResult, Status
+from trafficflip.operations.kinds import Kind
 from trafficflip.operations.views import describe_check
 from trafficflip.runtime.engine import Engine, EngineListener
 from trafficflip.runtime.monitor import GATES
@@ -31,9 +32,16 @@ from trafficflip.runtime.scheduler import Runner
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 APPLY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 FAILBACK_OUTCOMES = {
-    "failback_started": "started",
-    "failback_completed": "completed",
-    "failback_aborted": "aborted",
+    Kind.FAILBACK_STARTED: "started",
+    Kind.FAILBACK_COMPLETED: "completed",
+    Kind.FAILBACK_ABORTED: "aborted",
+}
+# Operator moves are counted apart from failbacks, by what they did.
+PLANNED_MOVES = {
+    Kind.PLANNED_MOVE_STARTED: "planned_move_started",
+    Kind.PLANNED_MOVE_COMPLETED: "planned_move_completed",
+    Kind.DRAIN_STARTED: "drain_started",
+    Kind.DRAIN_COMPLETED: "drain_completed",
 }
 
 
@@ -71,6 +79,12 @@ class Metrics(EngineListener):
         )
         self.failbacks = Counter(
             "trafficflip_failbacks", "Failbacks by outcome", ["service", "outcome"], registry=r
+        )
+        self.operator_moves = Counter(
+            "trafficflip_operator_moves",
+            "Planned moves and drains by what happened (not failbacks)",
+            ["service", "event"],
+            registry=r,
         )
         self.apply_seconds = Histogram(
             "trafficflip_provider_apply_duration_seconds",
@@ -112,10 +126,12 @@ class Metrics(EngineListener):
     def journaled(self, entries: Sequence[JournalEntry]) -> None:
         for entry in entries:
             self.events.labels(entry.service, entry.kind).inc()
-            if entry.kind == "failover":
+            if entry.kind == Kind.FAILOVER:
                 self.failovers.labels(entry.service).inc()
             elif entry.kind in FAILBACK_OUTCOMES:
-                self.failbacks.labels(entry.service, FAILBACK_OUTCOMES[entry.kind]).inc()
+                self.failbacks.labels(entry.service, FAILBACK_OUTCOMES[Kind(entry.kind)]).inc()
+            elif entry.kind in PLANNED_MOVES:
+                self.operator_moves.labels(entry.service, PLANNED_MOVES[Kind(entry.kind)]).inc()
 
     def provider_synced(
         self, provider: str, error: Exception | None, apply_seconds: float | None
