@@ -241,6 +241,7 @@ def create_app(
     snapshots = snapshots or SnapshotKeeper(engine)
     app = FastAPI(title="trafficflip", version="1", docs_url=None, redoc_url=None)
     app.state.snapshots = snapshots
+    metrics.read_from(lambda: snapshots.current)
     app.state.auth = TokenAuth(tokens)
     app.state.read_auth = config.read_auth
     if config.allowed_hosts:
@@ -280,7 +281,8 @@ def _routes(
     )
     async def services(journal: Journal = JOURNAL_DEFAULT) -> Response:
         """Every service in config order, from the current snapshot."""
-        body = snapshots.current.services_json(journal)
+        # Serialized in a thread (once per snapshot and page size): the loop stays free.
+        body = await asyncio.to_thread(snapshots.current.services_json, journal)
         return Response(body, media_type="application/json")
 
     @app.get("/api/v1/summary", response_model=SummaryView, dependencies=Reader)
@@ -302,7 +304,8 @@ def _routes(
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics_text() -> Response:
-        body, content_type = metrics.exposition()
+        # Rendered in a thread from the snapshot and counters: 500 services take tens of ms.
+        body, content_type = await asyncio.to_thread(metrics.exposition)
         return Response(body, media_type=content_type)
 
     @app.get("/", response_class=HTMLResponse, dependencies=Reader)
