@@ -38,7 +38,13 @@ from trafficflip.operations.status import (
     summarize,
     table,
 )
-from trafficflip.operations.views import JOURNAL_KEEP, ServiceView, describe_check, stored_view
+from trafficflip.operations.views import (
+    JOURNAL_KEEP,
+    ServiceView,
+    describe_check,
+    journal_view,
+    stored_view,
+)
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.monitor import ProbeJob
 from trafficflip.runtime.probes import Prober
@@ -220,7 +226,7 @@ def _status_from_store(
     views = []
     for service in config.services:
         state = store.load(service.name)
-        history = store.journal(service.name, limit=JOURNAL_KEEP)
+        history = [journal_view(e) for e in store.journal(service.name, limit=JOURNAL_KEEP)]
         now_phase = Phase("never run") if state is None else phase(service, state, None, None)
         change = store.last_change(service.name)
         views.append(stored_view(service, state or ServiceState(), history, change, now_phase, now))

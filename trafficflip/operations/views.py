@@ -144,7 +144,7 @@ JOURNAL_KEEP = 50
 def check_view(engine: Engine, key: str, to_wall: Callable[[float], float]) -> CheckView:
     health: CheckHealth = engine.checks[key]
     last = health.last
-    return CheckView(
+    return CheckView.model_construct(
         check=describe_check(engine.jobs[key].check),
         status=health.status.value,
         reason=health.reason,
@@ -155,7 +155,7 @@ def check_view(engine: Engine, key: str, to_wall: Callable[[float], float]) -> C
 
 
 def journal_view(entry: JournalEntry) -> JournalView:
-    return JournalView(
+    return JournalView.model_construct(
         at=entry.at, service=entry.service, kind=entry.kind, message=entry.message, data=entry.data
     )
 
@@ -174,7 +174,7 @@ def _same(moment: float) -> float:
 
 
 def service_view(
-    engine: Engine, name: str, journal: Sequence[JournalEntry], change: ChangeRecord | None
+    engine: Engine, name: str, journal: Sequence[JournalView], change: ChangeRecord | None
 ) -> ServiceView:
     """The live view of one service, with ``journal`` (oldest first) as its history.
 
@@ -192,7 +192,7 @@ def service_view(
     )
     shares = _shares(config, state)
     sites = [
-        SiteView(
+        SiteView.model_construct(
             name=site.name,
             share=shares.get(site.name, 0),
             member=site.name in state.members,
@@ -214,7 +214,7 @@ def service_view(
 def stored_view(
     config: ServiceConfig,
     state: ServiceState,
-    journal: Sequence[JournalEntry],
+    journal: Sequence[JournalView],
     change: ChangeRecord | None,
     now_phase: Phase,
     wall_now: float,
@@ -223,7 +223,7 @@ def stored_view(
     """A view from what the state store holds (no live health: sites are listed without
     status). ``status`` uses it when no instance is asked; ``service_view`` adds health."""
     shares = _shares(config, state)
-    return ServiceView(
+    return ServiceView.model_construct(
         name=config.name,
         provider=config.provider,
         mode=config.mode,
@@ -239,7 +239,7 @@ def stored_view(
         gates=[],
         ramp=_ramp_view(config, state, to_wall),
         last_change=None if change is None else _change_view(change),
-        journal=[journal_view(e) for e in journal],
+        journal=list(journal),
         timeline=timeline(journal, wall_now),
     )
 
@@ -255,7 +255,7 @@ def _wall(moment: float | None, to_wall: Callable[[float], float]) -> float | No
 
 
 def _change_view(change: ChangeRecord) -> ChangeView:
-    return ChangeView(
+    return ChangeView.model_construct(
         provider=change.provider,
         ids=list(change.change_ids),
         submitted_at=change.submitted_at,
@@ -264,18 +264,16 @@ def _change_view(change: ChangeRecord) -> ChangeView:
     )
 
 
-def timeline(journal: Sequence[JournalEntry], now: float) -> list[SharePoint]:
+def timeline(journal: Sequence[JournalView], now: float) -> list[SharePoint]:
     """The share changes of the last ``TIMELINE_SPAN``, with the last one before it as the
     starting point, from journal entries that carry shares."""
-    points = [
-        SharePoint(at=e.at, shares=dict(e.data["shares"]), kind=e.kind)  # type: ignore[call-overload]
-        for e in journal
-        if isinstance(e.data.get("shares"), dict)
-    ]
     start = now - TIMELINE_SPAN
-    recent = [p for p in points if p.at >= start]
-    earlier = [p for p in points if p.at < start]
-    return earlier[-1:] + recent
+    with_shares = [e for e in journal if isinstance(e.data.get("shares"), dict)]
+    earlier = [e for e in with_shares if e.at < start][-1:]
+    return [
+        SharePoint.model_construct(at=e.at, shares=e.data["shares"], kind=e.kind)
+        for e in earlier + [e for e in with_shares if e.at >= start]
+    ]
 
 
 def _ramp_view(
@@ -287,7 +285,7 @@ def _ramp_view(
     next_at = None
     if state.applied_at is not None:
         next_at = to_wall(max(ramp.since, state.applied_at) + config.failback.step_duration)
-    return RampView(
+    return RampView.model_construct(
         to=list(ramp.to),
         step=ramp.step + 1,
         steps=list(config.failback.steps),
