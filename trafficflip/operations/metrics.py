@@ -212,7 +212,10 @@ class StateCollector(Collector):
         for name, status in list(self.engine.provider_status.items()):
             up.add_metric([name], status.ok)
             since.add_metric([name], now - (status.last_success or self.started))
-        yield from (up, since)
+        # Alert rules compare the time since the last reconcile with this interval.
+        interval = _gauge("reconcile_interval_seconds", "Configured reconcile interval", [])
+        interval.add_metric([], self.runner.reconcile_interval)
+        yield from (up, since, interval)
 
     def _scheduler(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self.runner.stats
