@@ -52,6 +52,8 @@ log = logging.getLogger("trafficflip.operations.api")
 # The scheduler ticks every TICK_INTERVAL; this many missed ticks means it is stuck.
 STALLED_TICKS = 10
 JOURNAL_DEFAULT, JOURNAL_MAX = 10, JOURNAL_KEEP
+# A scrape within this many seconds of the last one gets the same text.
+SCRAPE_MAX_AGE = 1.0
 # Seconds uvicorn waits for open requests when the service stops.
 SHUTDOWN_GRACE = 2
 REASON = Field("", max_length=REASON_MAX, pattern=REASON_PATTERN)
@@ -252,9 +254,31 @@ def create_app(
     return app
 
 
+class Scrapes:
+    """``/metrics`` rendered at most once per ``max_age``, in a thread, shared by the
+    requests that arrive meanwhile: at 500 services a render takes a second of CPU
+    (bench/operator_snapshot.py), which two eager scrapers must not multiply."""
+
+    def __init__(self, metrics: Metrics, max_age: float = SCRAPE_MAX_AGE) -> None:
+        self.metrics, self.max_age = metrics, max_age
+        self._last: tuple[float, tuple[bytes, str]] | None = None
+        self._running: asyncio.Future[tuple[bytes, str]] | None = None
+
+    async def get(self) -> tuple[bytes, str]:
+        if self._last is not None and time.monotonic() - self._last[0] < self.max_age:
+            return self._last[1]
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(asyncio.to_thread(self.metrics.exposition))
+        result = await asyncio.shield(self._running)
+        self._last = (time.monotonic(), result)
+        return result
+
+
 def _routes(
     app: FastAPI, engine: Engine, runner: Runner, metrics: Metrics, snapshots: SnapshotKeeper
 ) -> None:
+    scrapes = Scrapes(metrics)
+
     @app.get("/healthz", response_model=Probe, responses={503: {"model": Probe}})
     async def healthz(response: Response) -> Probe:
         """The process answers and its scheduler ticked recently."""
@@ -304,8 +328,7 @@ def _routes(
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics_text() -> Response:
-        # Rendered in a thread from the snapshot and counters: 500 services take tens of ms.
-        body, content_type = await asyncio.to_thread(metrics.exposition)
+        body, content_type = await scrapes.get()
         return Response(body, media_type=content_type)
 
     @app.get("/", response_class=HTMLResponse, dependencies=Reader)

@@ -33,9 +33,10 @@ from trafficflip.runtime.engine import Engine, EngineListener
 log = logging.getLogger("trafficflip.operations.snapshot")
 # About 0.2-1 ms per service on a loaded 2-core machine (bench/operator_snapshot.py).
 SLICE_SERVICES = 5
-# A journal entry or provider sync is shown within URGENT seconds; probe results within
-# STALE. Both bound how often a rebuild may run, not only how soon.
-URGENT, STALE = 0.25, 2.0
+# A journal entry, a provider sync or a check changing status is shown within URGENT
+# seconds; probe results that change nothing but latencies within STALE. Both bound how
+# often a rebuild may run, not only how soon.
+URGENT, STALE = 0.25, 5.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class SnapshotKeeper(EngineListener):
             name: deque(maxlen=JOURNAL_KEEP) for name in engine.services
         }
         self._last_failover: float | None = None
+        self._statuses: dict[str, Status] = {}
         self._changed = asyncio.Event()
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -108,6 +110,12 @@ class SnapshotKeeper(EngineListener):
     # -- EngineListener ---------------------------------------------------------------------
 
     def probed(self, key: str, result: ProbeResult) -> None:
+        # The hook runs before the result is folded in: the status seen now reflects the
+        # previous probe, so a check that changed status is shown one interval later.
+        status = self.engine.checks[key].status
+        if self._statuses.get(key) != status:
+            self._statuses[key] = status
+            self._urgent.set()
         self._changed.set()
 
     def journaled(self, entries: Sequence[JournalEntry]) -> None:
