@@ -4,11 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests run for real (installed only when missing and root).
 # podman, runc and debootstrap build and run the image (tests/test_container.py); faketime
-# steps a running service's wall clock.
+# steps a running service's wall clock; prometheus brings promtool for the alert rule tests.
 SYSTEM_PACKAGES := bind9 bind9-utils bind9-dnsutils haproxy chromium podman runc debootstrap \
-	faketime
+	faketime prometheus
 SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium \
-	/usr/bin/podman /usr/sbin/runc /usr/sbin/debootstrap /usr/bin/faketime
+	/usr/bin/podman /usr/sbin/runc /usr/sbin/debootstrap /usr/bin/faketime /usr/bin/promtool
 
 .PHONY: demo test lint bench system-packages image clean
 

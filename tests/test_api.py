@@ -32,7 +32,8 @@ def test_reads(service: Service) -> None:
     wait_until(lambda: service.get("/readyz").status_code == 200, timeout=10, what="ready")
     listing = service.get("/api/v1/services").json()
     assert [s["name"] for s in listing] == ["www"]
-    www = service.www()
+    # The snapshot shows the provider's change record within its refresh.
+    www = wait_until(lambda: (w := service.www())["last_change"] and w, timeout=5, what="change")
     assert www["phase"] == "normal" and www["shares"] == PRIMARY
     primary = www["sites"][0]
     assert primary["name"] == "primary" and primary["share"] == 100 and primary["status"] == "up"
@@ -72,7 +73,8 @@ def test_operator_failover_and_failback_move_traffic(service: Service) -> None:
     seen = record_until(service, STANDBY)
     assert any(0 < w["dr"] < 100 for w in seen), seen  # along the steps
     assert journal(service)[-1] == "failover to dr requested (maintenance) by api:ops"
-    assert service.www()["phase"] == "pinned to dr"
+    # Reads come from a snapshot rebuilt soon after a change, not within the same instant.
+    wait_until(lambda: phase(service) == ("pinned", "pinned to dr"), timeout=5, what="pinned")
     assert service.post("/api/v1/services/www/failback").status_code == 200
     record_until(service, PRIMARY)
     assert journal(service)[-1] == "failback approved by api:ops"
@@ -91,7 +93,7 @@ def test_hold_freezes_and_release_resumes(service: Service) -> None:
     assert service.post("/api/v1/services/www/release").status_code == 200
     wait_until(lambda: service.weights() == STANDBY, timeout=5, what="failover after release")
     assert journal(service)[-1] == "release: automatic changes resumed by api:ops"
-    assert journal(service, "failover")
+    wait_until(lambda: journal(service, "failover"), timeout=5, what="the failover journaled")
 
 
 def test_promote_and_drain(service: Service) -> None:
@@ -103,7 +105,7 @@ def test_promote_and_drain(service: Service) -> None:
     seen = record_until(service, PRIMARY)
     assert any(0 < w["primary"] < 100 for w in seen), seen
     assert journal(service)[-1] == "drain dr requested by api:ops"
-    assert service.www()["phase"] == "draining dr"
+    wait_until(lambda: phase(service) == ("draining", "draining dr"), timeout=5, what="draining")
 
 
 def test_cli_through_the_api(service: Service) -> None:
@@ -114,6 +116,7 @@ def test_cli_through_the_api(service: Service) -> None:
     done = service.cli("failover", "www", "--to", "dr", "--reason", "cli", *api, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "failover www: ok", done.stderr
     record_until(service, STANDBY)
+    wait_until(lambda: phase(service)[0] == "pinned", timeout=5, what="pinned")
     status = service.cli("status", env={**env, "TRAFFICFLIP_API_URL": service.url})
     assert "pinned to dr" in status.stdout, status.stdout + status.stderr
     assert "failover to dr requested (cli) by api:ops" in status.stdout
@@ -176,6 +179,11 @@ def test_busy_listen_address_is_a_config_error(tmp_path: Path, moto_server: Moto
         assert f"api.listen: cannot listen on 127.0.0.1:{running.port}" in second.stderr
     finally:
         running.close()
+
+
+def phase(service: Service) -> tuple[str, str]:
+    www = service.www()
+    return www["phase"], www["detail"]
 
 
 def record_until(service: Service, want: dict[str, int]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import pytest
 from tests.factories import service_data
 from trafficflip.backend.testing import MemoryConfig, MemoryProvider
 from trafficflip.config.loader import Config, ProviderSpec, load_config
+from trafficflip.decision.commands import CommandResult
 from trafficflip.decision.model import Answer, ProbeResult
 from trafficflip.errors import PermanentProviderError, TransientProviderError
 from trafficflip.runtime.clock import Clock
@@ -184,7 +185,7 @@ async def test_commands_from_the_store_are_taken_on_tick(command: str) -> None:
     command_id = rig.store.submit("www", command, {"reason": "change window"}, "cli")
     bad_id = rig.store.submit("www", "failover", {"to": "mars"}, "cli")
     await rig.tick()
-    assert rig.store.command_result(command_id) == "ok"
+    assert CommandResult.decode(rig.store.command_result(command_id) or "").ok
     assert "has no site 'mars'" in (rig.store.command_result(bad_id) or "")
     rig.probe("primary", False)
     await rig.settle()

@@ -36,6 +36,9 @@ def test_metrics_after_a_failover_and_failback(tmp_path: Path, moto_server: Moto
         wait_until(lambda: service.weights() == PRIMARY, timeout=20, what="initial weights")
         service.primary.stop()
         wait_until(lambda: service.weights() == STANDBY, timeout=5, what="failover")
+        # Per-service values come from the snapshot, rebuilt soon after a change.
+        www_dr = 'trafficflip_site_share_percent{service="www",site="dr"} 100.0'
+        wait_until(lambda: www_dr in service.get("/metrics").text, timeout=5, what="dr at 100")
         response = service.get("/metrics")
         assert response.headers["content-type"].startswith("text/plain")
         m = parse(response.text)
@@ -65,6 +68,8 @@ def test_metrics_after_a_failover_and_failback(tmp_path: Path, moto_server: Moto
         assert value(m, "trafficflip_scheduler_runs_total") > 0
         assert value(m, "trafficflip_scheduler_missed_runs_total") == 0
         assert value(m, "trafficflip_service_held", **www) == 0
+        assert value(m, "trafficflip_service_phase", **www, phase="failed over") == 1
+        assert value(m, "trafficflip_last_failover_timestamp_seconds") > 0
         service.primary.start()
         wait_until(lambda: service.weights() == PRIMARY, timeout=20, what="failback")
         m = parse(service.get("/metrics").text)

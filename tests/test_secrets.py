@@ -93,7 +93,7 @@ def add_secret_config(config: dict[str, object], service: Service, known: dict[s
 
 
 def journal(service: Service, name: str) -> list[dict[str, object]]:
-    entries: list[dict[str, object]] = service.get(f"/api/v1/services/{name}?journal=200").json()[
+    entries: list[dict[str, object]] = service.get(f"/api/v1/services/{name}?journal=50").json()[
         "journal"
     ]
     return entries
@@ -112,11 +112,11 @@ def collect(service: Service, known: dict[str, str]) -> dict[str, str]:
         "/metrics",
         "/",
         "/openapi.json",
-        "/api/v1/services?journal=200",
-        "/api/v1/services/dns?journal=200",
+        "/api/v1/services?journal=50",
+        "/api/v1/services/dns?journal=50",
     ):
         outputs[path] = service.get(path).text
-    status = service.cli("status", "--json", "--journal", "200", "--config", str(service.config))
+    status = service.cli("status", "--json", "--journal", "50", "--config", str(service.config))
     outputs["status --json"] = status.stdout + status.stderr
     outputs["plan"] = service.cli("plan", "--config", str(service.config)).stdout
     return outputs

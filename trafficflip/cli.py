@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -20,12 +21,33 @@ import httpx
 from trafficflip import __version__
 from trafficflip.backend.provider import Provider
 from trafficflip.config.loader import Config, load_config
-from trafficflip.decision.model import Status
+from trafficflip.decision.commands import (
+    COMMANDS,
+    CommandError,
+    CommandResult,
+    CommandSpec,
+    validate_reason,
+)
+from trafficflip.decision.model import EventKind, ServiceState, Status
 from trafficflip.decision.plan import Plan
 from trafficflip.errors import ConfigError
 from trafficflip.logs import setup_logging
-from trafficflip.operations.status import service_status, table
-from trafficflip.operations.views import describe_check
+from trafficflip.operations.status import (
+    Phase,
+    Summary,
+    clock_text,
+    phase,
+    severity,
+    summarize,
+    table,
+)
+from trafficflip.operations.views import (
+    JOURNAL_KEEP,
+    ServiceView,
+    describe_check,
+    journal_view,
+    stored_view,
+)
 from trafficflip.runtime import eventloop
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.monitor import ProbeJob
@@ -112,7 +134,7 @@ async def serve(config: Config, path: str | None = None) -> None:
     metrics = Metrics(engine, runner)
     runner.components.append(Notifier(config.settings.notify, engine, counted=metrics.notified))
     if api_config.enabled:
-        app = create_app(engine, runner, metrics, tokens)
+        app = create_app(engine, runner, metrics, tokens, api_config)
         runner.components.append(ApiServer(app, api_config.listen))
     reloader = Reloader(
         path,
@@ -194,48 +216,88 @@ def _render_preview(engine: Engine, plans: Mapping[str, Plan]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """The fleet summary, then services that are not normal (every one with ``--all``), then
+    the journal; from a running instance's API with ``--api``, else from the state store."""
     if args.api:
-        return _status_from_api(args)
+        fetched = _status_from_api(args)
+        if isinstance(fetched, int):
+            return fetched
+        summary, views, journal = fetched
+    else:
+        summary, views, journal = _status_from_store(args)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "summary": dataclasses.asdict(summary),
+                    "services": [v.model_dump(mode="json", exclude={"journal"}) for v in views],
+                    "journal": journal,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(render_status(summary, views, journal, show_all=args.all))
+    return 0
+
+
+def render_status(
+    summary: Summary,
+    views: Sequence[ServiceView],
+    journal: Sequence[Mapping[str, Any]],
+    *,
+    show_all: bool,
+) -> str:
+    ordered = sorted(views, key=lambda v: severity(v.phase))
+    shown = ordered if show_all else [v for v in ordered if v.phase != "normal"]
+    lines = [summary.line()]
+    if shown:
+        lines.append(table([v.row() for v in shown]))
+    hidden = len(ordered) - len(shown)
+    if hidden:
+        lines.append(f"({hidden} normal services not listed; --all lists them)")
+    for entry in journal:
+        lines.append(
+            f"{clock_text(entry['at'])} {entry['service']} {entry['kind']}: {entry['message']}"
+        )
+    return "\n".join(lines)
+
+
+def _status_from_store(
+    args: argparse.Namespace,
+) -> tuple[Summary, list[ServiceView], list[dict[str, Any]]]:
     # Reading the state needs no provider settings (nor their secrets), and creates nothing.
     config = load_config(args.config, providers=False)
     store = open_store_read_only(config.settings.state) or SqliteStateStore(":memory:")
     now = time.time()
-    rows = []
+    views = []
     for service in config.services:
         state = store.load(service.name)
-        if state is not None:
-            rows.append(service_status(service, state, store, now))
-        else:
-            rows.append(
-                {"name": service.name, "phase": "never run", "shares": {}, "last_change": None}
-            )
-    if args.json:
-        journal = [vars(e) for e in store.journal(limit=args.journal)]
-        print(json.dumps({"services": rows, "journal": journal}, indent=2))
-    else:
-        print(table(rows, now))
-        for entry in store.journal(limit=args.journal):
-            stamp = time.strftime("%H:%M:%S", time.localtime(entry.at))
-            print(f"{stamp} {entry.service} {entry.kind}: {entry.message}")
+        history = [journal_view(e) for e in store.journal(service.name, limit=JOURNAL_KEEP)]
+        now_phase = Phase("never run") if state is None else phase(service, state, None, None)
+        change = store.last_change(service.name)
+        views.append(stored_view(service, state or ServiceState(), history, change, now_phase, now))
+    journal = [vars(e) for e in store.journal(limit=args.journal)] if args.journal else []
     store.close()
-    return 0
+    failovers = [e.at for v in views for e in v.journal if e.kind == EventKind.FAILOVER]
+    summary = summarize((v.phase for v in views), None, max(failovers, default=None))
+    return summary, views, journal
 
 
-def _status_from_api(args: argparse.Namespace) -> int:
+def _status_from_api(
+    args: argparse.Namespace,
+) -> tuple[Summary, list[ServiceView], list[dict[str, Any]]] | int:
     response = _api_call("GET", args.api, "/api/v1/services", params={"journal": args.journal})
     if response.status_code != 200:
         return _api_error(response)
-    views: list[dict[str, Any]] = response.json()
-    journal = sorted((e for v in views for e in v.pop("journal")), key=lambda e: e["at"])
-    journal = journal[-args.journal :] if args.journal else []
-    if args.json:
-        print(json.dumps({"services": views, "journal": journal}, indent=2))
-        return 0
-    print(table(views, time.time()))
-    for entry in journal:
-        stamp = time.strftime("%H:%M:%S", time.localtime(entry["at"]))
-        print(f"{stamp} {entry['service']} {entry['kind']}: {entry['message']}")
-    return 0
+    views = [ServiceView.model_validate(v) for v in response.json()]
+    response = _api_call("GET", args.api, "/api/v1/summary")
+    if response.status_code != 200:
+        return _api_error(response)
+    data = response.json()
+    summary = Summary(data["services"], data["phases"], data["checks_down"], data["last_failover"])
+    entries = sorted((e.model_dump() for v in views for e in v.journal), key=lambda e: e["at"])
+    return summary, views, entries[-args.journal :] if args.journal else []
 
 
 def _api_call(method: str, base: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -258,41 +320,44 @@ def _api_error(response: httpx.Response) -> int:
     return 1
 
 
-def _command_via_api(name: str, args: argparse.Namespace, payload: dict[str, str]) -> int:
-    path = f"/api/v1/services/{args.service}/{name}"
+def _command_via_api(spec: CommandSpec, args: argparse.Namespace, payload: dict[str, str]) -> int:
+    path = f"/api/v1/services/{args.service}/{spec.name}"
     response = _api_call("POST", args.api, path, json=payload)
     if response.status_code != 200:
         return _api_error(response)
-    print(f"{name} {args.service}: {response.json()['result']}")
+    print(f"{spec.name} {args.service}: {response.json()['result']}")
     return 0
 
 
-def command_handler(name: str) -> Callable[[argparse.Namespace], int]:
+def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
+    """The CLI side of one operator command: validate, then submit through the API or the
+    state store, and say what became of it."""
+
     def handler(args: argparse.Namespace) -> int:
-        payload = {
-            k: v
-            for k, v in (
-                ("to", getattr(args, "to", None)),
-                ("site", getattr(args, "site", None)),
-                ("reason", args.reason),
-            )
-            if v
-        }
+        try:
+            reason = validate_reason(args.reason)
+        except CommandError as exc:
+            print(f"--reason: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        payload = {"reason": reason} if reason else {}
+        if spec.site_arg:
+            payload[spec.site_arg] = getattr(args, spec.site_arg)
         if args.api:
-            return _command_via_api(name, args, payload)
+            return _command_via_api(spec, args, payload)
         config = load_config(args.config, providers=False)
         if args.service not in {s.name for s in config.services}:
             print(f"unknown service {args.service!r}", file=sys.stderr)
             return EXIT_CONFIG
         store = open_store(config.settings.state)
-        command_id = store.submit(args.service, name, payload, source="cli")
-        result = _wait_for_result(store, command_id, args.wait)
+        command_id = store.submit(args.service, spec.name, payload, source="cli")
+        text = _wait_for_result(store, command_id, args.wait)
         store.close()
-        if result is None:
-            print(f"{name} {args.service}: queued; a running trafficflip takes it on its next tick")
+        if text is None:
+            print(f"{spec.name} {args.service}: queued; a running instance takes it next tick")
             return 0
-        print(f"{name} {args.service}: {result}")
-        return 0 if result == "ok" else 1
+        result = CommandResult.decode(text)
+        print(f"{spec.name} {args.service}: {result}")
+        return 0 if result.ok else 1
 
     return handler
 
@@ -353,34 +418,45 @@ def parser() -> argparse.ArgumentParser:
             f"the token comes from ${API_TOKEN_ENV}",
         )
 
-    status = add("status", cmd_status, "show decisions and the journal")
+    status = add("status", cmd_status, "the fleet summary, services not normal, the journal")
     add_api(status)
     status.add_argument("--json", action="store_true")
-    status.add_argument("--journal", type=int, default=10, help="journal lines to show")
-    for name, help_text in (
-        ("failover", "pin traffic to a site (planned maintenance)"),
-        ("failback", "release a pin or drain and approve failback"),
-        ("hold", "freeze automatic changes"),
-        ("release", "resume automatic changes"),
-        ("promote", "make a site the new primary"),
-        ("drain", "move traffic away from a site"),
-    ):
-        command = add(name, command_handler(name), help_text)
-        add_api(command)
-        command.add_argument("service")
-        if name == "failover":
-            command.add_argument("--to", required=True, help="the site to serve from")
-        if name in ("promote", "drain"):
-            command.add_argument("site")
-        command.add_argument("--reason", default="")
-        command.add_argument(
-            "--wait",
-            type=float,
-            default=COMMAND_WAIT,
-            help="seconds to wait for a running instance to take it",
-        )
+    status.add_argument("--all", action="store_true", help="list normal services too")
+    status.add_argument(
+        "--journal",
+        type=int,
+        default=10,
+        choices=range(JOURNAL_KEEP + 1),
+        metavar="N",
+        help=f"journal lines to show (0-{JOURNAL_KEEP})",
+    )
+    for spec in COMMANDS.values():
+        add_command(add(spec.name, command_handler(spec), spec.summary), spec, add_api)
     add("demo", cmd_demo, "run a self-contained failover demo on loopback")
     return top
+
+
+def add_command(
+    command: argparse.ArgumentParser,
+    spec: CommandSpec,
+    add_api: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """An operator command's arguments, from its entry in the command table."""
+    add_api(command)
+    command.add_argument("service")
+    if spec.site_arg == "to":
+        command.add_argument("--to", required=True, help="the site to serve from")
+    elif spec.site_arg is not None:
+        command.add_argument(spec.site_arg)
+    command.add_argument(
+        "--reason", default="", help="why, journaled and notified (one line of text)"
+    )
+    command.add_argument(
+        "--wait",
+        type=float,
+        default=COMMAND_WAIT,
+        help="seconds to wait for a running instance to take it (without --api)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The error hierarchy: every failure trafficflip reports is one of these four kinds.
+"""The error hierarchy: every failure trafficflip reports is one of these kinds.
 
 - ``ConfigError``: the configuration is wrong; the process exits with status 2 at start.
 - ``TransientProviderError``: the backend may succeed if asked again soon (throttling,
@@ -7,6 +7,7 @@
   (bad credentials, a missing zone); alerted, retried only at the reconcile interval.
 - ``UnsafePlanError``: the plan would break a safety rule (an empty answer, a name outside
   the configuration); refused, never applied.
+- ``CommandError``: an operator command that cannot apply; rejected, nothing changes.
 
 Probes never raise: they return a result with a reason.
 """
@@ -78,3 +79,8 @@ class UnsafePlanError(TrafficflipError):
     """The plan breaks a safety rule and is refused (for the ``services`` it names)."""
 
     kind = "unsafe"
+
+
+class CommandError(TrafficflipError):
+    """An operator command cannot apply (an unknown command or site, a malformed reason);
+    it is rejected and nothing changes."""

@@ -10,7 +10,7 @@ import builtins
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 from pydantic import (
@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from trafficflip.config.durations import Duration
+from trafficflip.events import NOTIFIED, EventKind
 
 MIN_INTERVAL = 0.1
 MAX_PROBE_WORKERS = 64
@@ -283,20 +284,6 @@ class ServiceConfig(BaseModel):
 
 
 TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$"
-# What a notification target is told about unless it lists its own ``events``.
-NotifyEvent = Literal[
-    "failover",
-    "failback_started",
-    "ramp_step",
-    "failback_completed",
-    "failback_aborted",
-    "all_down",
-    "recovered",
-    "command",
-    "provider_error",
-    "provider_recovered",
-]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
 
 
 class ApiConfig(Strict):
@@ -307,6 +294,13 @@ class ApiConfig(Strict):
     # Name -> token; the name is journaled as the source of every command made with it.
     tokens: dict[Annotated[str, Field(pattern=TOKEN_NAME_PATTERN)], SecretStr] = {}
     tokens_file: Path | None = None
+    # Reads need a token too (all but /healthz, /readyz and /metrics).
+    read_auth: bool = False
+    # Host header values accepted ("*.example.com" allowed); empty accepts any. A browser
+    # on the same machine can be pointed at a loopback API through a rebinding DNS name.
+    allowed_hosts: list[str] = []
+    # Largest request body accepted, in bytes; a command body is a few hundred.
+    max_body: Annotated[int, Field(ge=1024, le=1048576)] = 16384
 
     @field_validator("listen")
     @classmethod
@@ -329,7 +323,7 @@ class NotifyTarget(Strict):
     url: SecretStr
     name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)] = "webhook"
     format: Literal["json", "slack"] = "json"
-    events: list[NotifyEvent] = list(NOTIFY_EVENTS)
+    events: list[EventKind] = list(NOTIFIED)
     headers: dict[str, SecretStr] = {}
     timeout: Duration = 5.0
     retries: Annotated[int, Field(ge=0, le=10)] = 3

@@ -1,64 +1,111 @@
-"""Operator commands as pure state transitions; the decision core then moves the traffic."""
+"""Operator commands as pure state transitions; the decision core then moves the traffic.
+
+``COMMANDS`` is the one table of the vocabulary: the CLI subcommands, the API routes and
+the engine's intake are all built from it, so a command exists everywhere or nowhere.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.decide import site_order
 from trafficflip.decision.model import Event, EventKind, ServiceState
+from trafficflip.errors import CommandError
 
-COMMANDS = ("failover", "failback", "hold", "release", "promote", "drain")
+__all__ = [
+    "COMMANDS",
+    "REASON_MAX",
+    "REASON_PATTERN",
+    "CommandError",
+    "CommandResult",
+    "CommandSpec",
+    "apply_command",
+    "validate_reason",
+]
+
+# A reason is journaled, logged and notified on one line: no control characters.
+REASON_MAX = 500
+REASON_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+Transition = Callable[[ServiceConfig, ServiceState, str, str], tuple[ServiceState, Event]]
 
 
-class CommandError(ValueError):
-    """The command cannot apply to this service (an unknown site, a missing argument)."""
+@dataclass(frozen=True)
+class CommandSpec:
+    """One operator command: its name, what it does, and which site argument it takes.
+
+    ``site_arg`` is the argument naming a site (``to`` for failover, ``site`` for drain and
+    promote, ``None`` when the command takes none); the CLI spells ``to`` as ``--to`` and
+    ``site`` as a positional argument, the API as the JSON field of that name.
+    """
+
+    name: str
+    summary: str
+    site_arg: str | None
+    transition: Transition
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What became of one command: taken (``ok``) or rejected with a ``detail``."""
+
+    ok: bool
+    detail: str = ""
+
+    @classmethod
+    def rejected(cls, detail: str) -> CommandResult:
+        return cls(False, detail)
+
+    def encode(self) -> str:
+        """The text the state store keeps for a completed command."""
+        return json.dumps({"ok": self.ok, "detail": self.detail})
+
+    @classmethod
+    def decode(cls, text: str) -> CommandResult:
+        """The inverse of ``encode``; also reads results stored before it existed."""
+        if text.startswith("{"):
+            data = json.loads(text)
+            return cls(bool(data["ok"]), str(data.get("detail", "")))
+        if text == "ok":
+            return cls(True)
+        return cls(False, text.removeprefix("error: "))
+
+    def __str__(self) -> str:
+        return "ok" if self.ok else f"rejected: {self.detail}"
+
+
+def validate_reason(reason: object) -> str:
+    """The operator's reason, or ``CommandError`` when it is not one line of text."""
+    if reason is None:
+        return ""
+    if not isinstance(reason, str):
+        raise CommandError("reason must be text")
+    if len(reason) > REASON_MAX:
+        raise CommandError(f"reason is longer than {REASON_MAX} characters")
+    if not re.fullmatch(REASON_PATTERN, reason):
+        raise CommandError("reason must be one line without control characters")
+    return reason
 
 
 def apply_command(
     service: ServiceConfig, state: ServiceState, name: str, args: Mapping[str, Any]
 ) -> tuple[ServiceState, Event]:
-    """Return the state after the command and the event to journal."""
-    reason = f" ({args['reason']})" if args.get("reason") else ""
-    if name == "failover":
-        site = _site(service, args, "to")
-        return (
-            replace(state, pinned=site, drained=()),
-            Event(EventKind.COMMAND, f"failover to {site} requested{reason}", site),
-        )
-    if name == "failback":
-        return (
-            replace(state, pinned=None, drained=(), failback_approved=True),
-            Event(EventKind.COMMAND, f"failback approved{reason}"),
-        )
-    if name == "hold":
-        return replace(state, held=True), Event(
-            EventKind.COMMAND, f"hold: automatic changes frozen{reason}"
-        )
-    if name == "release":
-        return replace(state, held=False), Event(
-            EventKind.COMMAND, f"release: automatic changes resumed{reason}"
-        )
-    if name == "drain":
-        site = _site(service, args, "site")
-        drained = tuple(dict.fromkeys((*state.drained, site)))
-        pinned = None if state.pinned == site else state.pinned
-        return (
-            replace(state, drained=drained, pinned=pinned),
-            Event(EventKind.COMMAND, f"drain {site} requested{reason}", site),
-        )
-    if name == "promote":
-        site = _site(service, args, "site")
-        order = (site, *(s for s in site_order(service, state) if s != site))
-        return (
-            replace(state, order=order, pinned=None, drained=()),
-            Event(
-                EventKind.COMMAND, f"promote {site}: order is now {', '.join(order)}{reason}", site
-            ),
-        )
-    raise CommandError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+    """Return the state after the command and the event to journal.
+
+    Raises ``CommandError`` for an unknown command, a site the service does not have, or a
+    reason that is not one line of text.
+    """
+    spec = COMMANDS.get(name)
+    if spec is None:
+        raise CommandError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+    reason = validate_reason(args.get("reason"))
+    site = _site(service, args, spec.site_arg) if spec.site_arg else ""
+    new_state, event = spec.transition(service, state, site, f" ({reason})" if reason else "")
+    return new_state, event
 
 
 def _site(service: ServiceConfig, args: Mapping[str, Any], key: str) -> str:
@@ -67,3 +114,71 @@ def _site(service: ServiceConfig, args: Mapping[str, Any], key: str) -> str:
         known = ", ".join(service.site_names)
         raise CommandError(f"service {service.name} has no site {site!r} (sites: {known})")
     return str(site)
+
+
+def _failover(
+    service: ServiceConfig, state: ServiceState, site: str, why: str
+) -> tuple[ServiceState, Event]:
+    return (
+        replace(state, pinned=site, drained=()),
+        Event(EventKind.COMMAND, f"failover to {site} requested{why}", site),
+    )
+
+
+def _failback(
+    service: ServiceConfig, state: ServiceState, site: str, why: str
+) -> tuple[ServiceState, Event]:
+    return (
+        replace(state, pinned=None, drained=(), failback_approved=True),
+        Event(EventKind.COMMAND, f"failback approved{why}"),
+    )
+
+
+def _hold(
+    service: ServiceConfig, state: ServiceState, site: str, why: str
+) -> tuple[ServiceState, Event]:
+    return replace(state, held=True), Event(
+        EventKind.COMMAND, f"hold: automatic changes frozen{why}"
+    )
+
+
+def _release(
+    service: ServiceConfig, state: ServiceState, site: str, why: str
+) -> tuple[ServiceState, Event]:
+    return replace(state, held=False), Event(
+        EventKind.COMMAND, f"release: automatic changes resumed{why}"
+    )
+
+
+def _drain(
+    service: ServiceConfig, state: ServiceState, site: str, why: str
+) -> tuple[ServiceState, Event]:
+    drained = tuple(dict.fromkeys((*state.drained, site)))
+    pinned = None if state.pinned == site else state.pinned
+    return (
+        replace(state, drained=drained, pinned=pinned),
+        Event(EventKind.COMMAND, f"drain {site} requested{why}", site),
+    )
+
+
+def _promote(
+    service: ServiceConfig, state: ServiceState, site: str, why: str
+) -> tuple[ServiceState, Event]:
+    order = (site, *(s for s in site_order(service, state) if s != site))
+    return (
+        replace(state, order=order, pinned=None, drained=()),
+        Event(EventKind.COMMAND, f"promote {site}: order is now {', '.join(order)}{why}", site),
+    )
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    spec.name: spec
+    for spec in (
+        CommandSpec("failover", "pin traffic to a site (planned maintenance)", "to", _failover),
+        CommandSpec("failback", "release a pin or drain and approve failback", None, _failback),
+        CommandSpec("hold", "freeze automatic changes", None, _hold),
+        CommandSpec("release", "resume automatic changes", None, _release),
+        CommandSpec("promote", "make a site the new primary", "site", _promote),
+        CommandSpec("drain", "move traffic away from a site along the steps", "site", _drain),
+    )
+}

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from trafficflip.events import ALARMS, EventKind
+
+__all__ = ["ALARMS", "EventKind"]
+
 
 class Status(StrEnum):
     """What trafficflip believes about a check or a site."""
@@ -89,39 +93,6 @@ class ServiceState:
     held: bool = False
     order: tuple[str, ...] | None = None
     all_down: bool = False
-
-
-class EventKind(StrEnum):
-    """Every kind of journal entry; notification targets filter on these."""
-
-    INITIAL = "initial"
-    FAILOVER = "failover"
-    SITE_OUT = "site_out"
-    ALL_DOWN = "all_down"
-    RECOVERED = "recovered"
-    FAILBACK_STARTED = "failback_started"
-    FAILBACK_COMPLETED = "failback_completed"
-    FAILBACK_ABORTED = "failback_aborted"
-    PLANNED_MOVE_STARTED = "planned_move_started"
-    PLANNED_MOVE_COMPLETED = "planned_move_completed"
-    DRAIN_STARTED = "drain_started"
-    DRAIN_COMPLETED = "drain_completed"
-    RAMP_STEP = "ramp_step"
-    RAMP_CANCELLED = "ramp_cancelled"
-    COMMAND = "command"
-    PROVIDER_CHANGE = "provider_change"
-    DRIFT = "drift"
-    PROVIDER_ERROR = "provider_error"
-    PROVIDER_RECOVERED = "provider_recovered"
-    CONFIG_RELOADED = "config_reloaded"
-    SERVICE_ADDED = "service_added"
-    SERVICE_REMOVED = "service_removed"
-    SITE_REMOVED = "site_removed"
-    ERROR = "error"
-
-
-# Events an operator is woken for: logged at WARNING.
-ALARMS = frozenset({EventKind.FAILOVER, EventKind.ALL_DOWN, EventKind.DRIFT})
 
 
 @dataclass(frozen=True)

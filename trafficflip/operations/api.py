@@ -1,9 +1,13 @@
 """The HTTP API, status page and metrics, served by uvicorn in the service's own event loop.
 
-Reads are open (bind to loopback or put a proxy in front); every mutating call needs
-``Authorization: Bearer <token>`` and goes through the operator command path, so it is
-journaled with its reason and the token's name. With no token configured the mutating
-endpoints answer 403: they are off, never open.
+Every read is served from the ``SnapshotKeeper``'s current snapshot, never computed from the
+engine per request, so a busy client cannot delay probes or a failover. Reads are open unless
+``api.read_auth`` is set (``/healthz``, ``/readyz`` and ``/metrics`` always are); every
+mutating call needs ``Authorization: Bearer <token>`` and goes through the operator command
+path, so it is journaled with its reason and the token's name. With no token configured the
+mutating endpoints answer 403: they are off, never open. ``api.allowed_hosts`` checks the
+Host header (a DNS-rebinding page in a browser on the same host cannot reach the API) and
+request bodies above ``api.max_body`` are refused.
 """
 
 from __future__ import annotations
@@ -12,35 +16,46 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trafficflip.config.schema import NAME_PATTERN, ApiConfig, split_host_port
+from trafficflip.config.schema import NAME_PATTERN, TOKEN_NAME_PATTERN, ApiConfig, split_host_port
+from trafficflip.decision.commands import (
+    COMMANDS,
+    REASON_MAX,
+    REASON_PATTERN,
+    CommandSpec,
+)
 from trafficflip.errors import ConfigError
 from trafficflip.operations.metrics import Metrics
 from trafficflip.operations.page import render_page
-from trafficflip.operations.views import ServiceView, service_view
+from trafficflip.operations.snapshot import SnapshotKeeper
+from trafficflip.operations.views import JOURNAL_KEEP, ServiceView
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.scheduler import TICK_INTERVAL, Runner
 
 log = logging.getLogger("trafficflip.operations.api")
 # The scheduler ticks every TICK_INTERVAL; this many missed ticks means it is stuck.
 STALLED_TICKS = 10
-JOURNAL_DEFAULT, JOURNAL_MAX = 10, 200
+JOURNAL_DEFAULT, JOURNAL_MAX = 10, JOURNAL_KEEP
+# A scrape within this many seconds of the last one gets the same text.
+SCRAPE_MAX_AGE = 1.0
 # Seconds uvicorn waits for open requests when the service stops.
 SHUTDOWN_GRACE = 2
-# Reasons are journaled and logged on one line: no control characters.
-REASON = Field("", max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")
+REASON = Field("", max_length=REASON_MAX, pattern=REASON_PATTERN)
 
 
 class Error(BaseModel):
@@ -65,10 +80,26 @@ class SiteBody(CommandBody):
     site: str = Field(pattern=NAME_PATTERN, max_length=64)
 
 
-class CommandResult(BaseModel):
+BODIES: dict[str | None, type[CommandBody]] = {
+    None: CommandBody,
+    "to": FailoverBody,
+    "site": SiteBody,
+}
+
+
+class CommandResponse(BaseModel):
     command: str
-    result: str
+    result: str = Field(description="ok")
     service: ServiceView
+
+
+class SummaryView(BaseModel):
+    built_at: float = Field(description="when the snapshot was built (epoch seconds)")
+    services: int
+    phases: dict[str, int]
+    checks_down: int
+    last_failover: float | None
+    line: str
 
 
 def load_tokens(config: ApiConfig) -> dict[str, str]:
@@ -76,6 +107,8 @@ def load_tokens(config: ApiConfig) -> dict[str, str]:
     tokens = {name: secret.get_secret_value() for name, secret in config.tokens.items()}
     if config.tokens_file is not None:
         tokens.update(_read_tokens_file(config.tokens_file))
+    if config.read_auth and not tokens:
+        raise ConfigError(["api.read_auth: needs a token in api.tokens or api.tokens_file"])
     return tokens
 
 
@@ -89,15 +122,20 @@ def _read_tokens_file(path: Path) -> dict[str, str]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, sep, token = line.partition(":")
-        if not sep or not name.strip() or not token.strip():
+        name = name.strip()
+        where = f"api.tokens_file: {path} line {number}"
+        if not sep or not name or not token.strip():
             # The line itself is not echoed: it may be a token without its name.
-            raise ConfigError([f"api.tokens_file: {path} line {number}: expected name:token"])
-        tokens[name.strip()] = token.strip()
+            raise ConfigError([f"{where}: expected name:token"])
+        if not re.fullmatch(TOKEN_NAME_PATTERN, name):
+            # A name is journaled as the source of every command: one plain word.
+            raise ConfigError([f"{where}: the name must match {TOKEN_NAME_PATTERN}"])
+        tokens[name] = token.strip()
     return tokens
 
 
 class TokenAuth:
-    """Bearer-token check for mutating endpoints; returns the token's name."""
+    """Bearer-token check; returns the token's name."""
 
     scheme = HTTPBearer(auto_error=False, description="a token from api.tokens")
 
@@ -131,7 +169,17 @@ async def operator(
     return auth.check(credentials)
 
 
+async def reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(TokenAuth.scheme)],
+) -> None:
+    """With ``api.read_auth``, reads need a token too (a FastAPI dependency)."""
+    if request.app.state.read_auth:
+        request.app.state.auth.check(credentials)
+
+
 Operator = Annotated[str, Depends(operator)]
+Reader = [Depends(reader)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Error, "description": text}
     for code, text in (
@@ -140,27 +188,95 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "no token or a wrong one"),
         (403, "mutating endpoints are off"),
         (404, "unknown service"),
+        (413, "the body is larger than api.max_body"),
     )
 }
 ServiceName = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64)]
 Journal = Annotated[int, Query(ge=0, le=JOURNAL_MAX)]
 
 
+class BodyLimit:
+    """Refuses a request body above ``limit`` bytes with 413, whether it declares its length
+    or streams it, before the application reads it into memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, f"request body above {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = JSONResponse({"detail": "request body too large"}, status_code=413)
+    await response(scope, receive, send)
+
+
 def create_app(
-    engine: Engine, runner: Runner, metrics: Metrics, tokens: Mapping[str, str]
+    engine: Engine,
+    runner: Runner,
+    metrics: Metrics,
+    tokens: Mapping[str, str],
+    config: ApiConfig | None = None,
+    snapshots: SnapshotKeeper | None = None,
 ) -> FastAPI:
-    """The application over a running engine (the routes are in ``_routes``)."""
+    """The application over a running engine (the routes are in ``_routes``). Without
+    ``snapshots`` it keeps its own, started and stopped by the ``ApiServer``."""
+    config = config or ApiConfig()
+    snapshots = snapshots or SnapshotKeeper(engine)
     app = FastAPI(title="trafficflip", version="1", docs_url=None, redoc_url=None)
+    app.state.snapshots = snapshots
+    metrics.read_from(lambda: snapshots.current)
     app.state.auth = TokenAuth(tokens)
-    _routes(app, engine, runner, metrics)
+    app.state.read_auth = config.read_auth
+    if config.allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
+    app.add_middleware(BodyLimit, limit=config.max_body)
+    _routes(app, engine, runner, metrics, snapshots)
+    _command_routes(app, engine, snapshots)
     return app
 
 
-def _routes(app: FastAPI, engine: Engine, runner: Runner, metrics: Metrics) -> None:
-    def view(name: str, journal: int) -> ServiceView:
-        if name not in engine.services:
-            raise HTTPException(404, f"unknown service {name!r}")
-        return service_view(engine, name, engine.clock.now(), journal)
+class Scrapes:
+    """``/metrics`` rendered at most once per ``max_age``, in a thread, shared by the
+    requests that arrive meanwhile: at 500 services a render takes a second of CPU
+    (bench/operator_snapshot.py), which two eager scrapers must not multiply."""
+
+    def __init__(self, metrics: Metrics, max_age: float = SCRAPE_MAX_AGE) -> None:
+        self.metrics, self.max_age = metrics, max_age
+        self._last: tuple[float, tuple[bytes, str]] | None = None
+        self._running: asyncio.Future[tuple[bytes, str]] | None = None
+
+    async def get(self) -> tuple[bytes, str]:
+        if self._last is not None and time.monotonic() - self._last[0] < self.max_age:
+            return self._last[1]
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(asyncio.to_thread(self.metrics.exposition))
+        result = await asyncio.shield(self._running)
+        self._last = (time.monotonic(), result)
+        return result
+
+
+def _routes(
+    app: FastAPI, engine: Engine, runner: Runner, metrics: Metrics, snapshots: SnapshotKeeper
+) -> None:
+    scrapes = Scrapes(metrics)
 
     @app.get("/healthz", response_model=Probe, responses={503: {"model": Probe}})
     async def healthz(response: Response) -> Probe:
@@ -180,77 +296,86 @@ def _routes(app: FastAPI, engine: Engine, runner: Runner, metrics: Metrics) -> N
             return Probe(status="not ready", reasons=reasons)
         return Probe(status="ready")
 
-    @app.get("/api/v1/services", response_model=list[ServiceView])
-    async def services(journal: Journal = JOURNAL_DEFAULT) -> list[ServiceView]:
-        return [view(name, journal) for name in engine.services]
+    @app.get(
+        "/api/v1/services",
+        response_model=list[ServiceView],
+        dependencies=Reader,
+        responses={200: {"model": list[ServiceView]}},
+    )
+    async def services(journal: Journal = JOURNAL_DEFAULT) -> Response:
+        """Every service in config order, from the current snapshot."""
+        # Serialized in a thread (once per snapshot and page size): the loop stays free.
+        body = await asyncio.to_thread(snapshots.current.services_json, journal)
+        return Response(body, media_type="application/json")
 
-    @app.get("/api/v1/services/{name}", response_model=ServiceView, responses={404: ERRORS[404]})
+    @app.get("/api/v1/summary", response_model=SummaryView, dependencies=Reader)
+    async def summary() -> SummaryView:
+        """Services by phase, checks down, the last failover."""
+        return SummaryView.model_validate(snapshots.current.summary_json())
+
+    @app.get(
+        "/api/v1/services/{name}",
+        response_model=ServiceView,
+        responses={404: ERRORS[404]},
+        dependencies=Reader,
+    )
     async def service(name: ServiceName, journal: Journal = JOURNAL_DEFAULT) -> ServiceView:
-        return view(name, journal)
+        found = snapshots.current.view(name, journal)
+        if found is None:
+            raise HTTPException(404, f"unknown service {name!r}")
+        return found
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics_text() -> Response:
-        body, content_type = metrics.exposition()
+        body, content_type = await scrapes.get()
         return Response(body, media_type=content_type)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, dependencies=Reader)
     async def page(refresh: Annotated[float, Query(ge=0.2, le=3600)] = 2.0) -> HTMLResponse:
-        """The status page: one screen, no external assets, refreshes itself."""
-        views = [view(name, 5) for name in engine.services]
-        html, nonce = render_page(views, refresh)
+        """The status page: no external assets, refreshes itself."""
+        html, nonce = render_page(snapshots.current, refresh)
         return HTMLResponse(html, headers=page_headers(nonce))
 
-    _command_routes(app, engine, view)
 
-
-def _command_routes(app: FastAPI, engine: Engine, view: Callable[[str, int], ServiceView]) -> None:
-    def run(name: str, command: str, args: dict[str, Any], source: str) -> CommandResult:
-        view(name, 0)  # 404 first
-        command_id = engine.store.submit(name, command, args, source=f"api:{source}")
-        result = engine.take_commands().get(command_id, "error: not taken")
-        if not result.startswith("ok"):
-            raise HTTPException(409, result.removeprefix("error: "))
-        log.info("api_command service=%s command=%s by=%s", name, command, source)
-        engine.request(name)  # move the traffic now, not at the next tick
-        return CommandResult(command=command, result=result, service=view(name, JOURNAL_DEFAULT))
-
-    def post(command: str, summary: str) -> Callable[[Callable[..., Any]], Any]:
-        return app.post(
-            f"/api/v1/services/{{name}}/{command}",
-            response_model=CommandResult,
+def _command_routes(app: FastAPI, engine: Engine, snapshots: SnapshotKeeper) -> None:
+    """One POST route per entry of the command table."""
+    for spec in COMMANDS.values():
+        app.post(
+            f"/api/v1/services/{{name}}/{spec.name}",
+            response_model=CommandResponse,
             responses=ERRORS,
-            summary=summary,
-        )
+            summary=spec.summary,
+        )(_command_endpoint(engine, snapshots, spec))
 
-    @post("failover", "pin traffic to a site")
-    async def failover(name: ServiceName, body: FailoverBody, who: Operator) -> CommandResult:
-        return run(name, "failover", body.model_dump(), who)
 
-    @post("failback", "release a pin or drain and approve failback")
-    async def failback(
-        name: ServiceName, who: Operator, body: CommandBody | None = None
-    ) -> CommandResult:
-        return run(name, "failback", (body or CommandBody()).model_dump(), who)
+def _command_endpoint(
+    engine: Engine, snapshots: SnapshotKeeper, spec: CommandSpec
+) -> Callable[..., Awaitable[CommandResponse]]:
+    async def take(name: str, who: str, body: CommandBody | None) -> CommandResponse:
+        if name not in engine.services:
+            raise HTTPException(404, f"unknown service {name!r}")
+        args = (body or CommandBody()).model_dump()
+        # Taken at once, in the loop: no synchronous store write (a locked or full disk must
+        # not hold an operator's failover); the journal line goes through the writer.
+        result = engine.execute(name, spec.name, args, source=f"api:{who}")
+        if not result.ok:
+            raise HTTPException(409, result.detail)
+        log.info("api_command service=%s command=%s by=%s", name, spec.name, who)
+        view = snapshots.refresh(name)
+        return CommandResponse(command=spec.name, result=str(result), service=view)
 
-    @post("hold", "freeze automatic changes")
-    async def hold(
-        name: ServiceName, who: Operator, body: CommandBody | None = None
-    ) -> CommandResult:
-        return run(name, "hold", (body or CommandBody()).model_dump(), who)
+    async def with_site(name: ServiceName, who: Operator, body: Any) -> CommandResponse:
+        return await take(name, who, body)
 
-    @post("release", "resume automatic changes")
-    async def release(
-        name: ServiceName, who: Operator, body: CommandBody | None = None
-    ) -> CommandResult:
-        return run(name, "release", (body or CommandBody()).model_dump(), who)
+    async def without_site(name: ServiceName, who: Operator, body: Any = None) -> CommandResponse:
+        return await take(name, who, body)
 
-    @post("promote", "make a site the new primary")
-    async def promote(name: ServiceName, body: SiteBody, who: Operator) -> CommandResult:
-        return run(name, "promote", body.model_dump(), who)
-
-    @post("drain", "move traffic away from a site along the steps")
-    async def drain(name: ServiceName, body: SiteBody, who: Operator) -> CommandResult:
-        return run(name, "drain", body.model_dump(), who)
+    body_type = BODIES[spec.site_arg]
+    # A command naming a site needs a body; the others accept an empty request too.
+    endpoint = with_site if spec.site_arg else without_site
+    endpoint.__annotations__["body"] = body_type if spec.site_arg else body_type | None
+    endpoint.__name__ = spec.name
+    return endpoint
 
 
 def not_ready(engine: Engine) -> list[str]:
@@ -307,6 +432,8 @@ class ApiServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        snapshots: SnapshotKeeper = self.app.state.snapshots
+        await snapshots.start()
         config = uvicorn.Config(
             self.app,
             log_config=None,
@@ -330,6 +457,8 @@ class ApiServer:
             self._server.should_exit = True
             await self._task
         self.socket.close()
+        snapshots: SnapshotKeeper = self.app.state.snapshots
+        await snapshots.stop()
 
 
 def bind(listen: str) -> socket.socket:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,17 +22,27 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from trafficflip.decision.model import JournalEntry, ProbeResult, Status
+from trafficflip.decision.model import EventKind, JournalEntry, ProbeResult
+from trafficflip.operations.snapshot import Snapshot
 from trafficflip.operations.views import describe_check
 from trafficflip.runtime.engine import Engine, EngineListener
 from trafficflip.runtime.scheduler import Runner
 
+# The ``site`` label of a failback gate's check (not a valid site name, so never a clash).
+GATES_LABEL = "(gates)"
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 APPLY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 FAILBACK_OUTCOMES = {
-    "failback_started": "started",
-    "failback_completed": "completed",
-    "failback_aborted": "aborted",
+    EventKind.FAILBACK_STARTED: "started",
+    EventKind.FAILBACK_COMPLETED: "completed",
+    EventKind.FAILBACK_ABORTED: "aborted",
+}
+# Operator moves are counted apart from failbacks, by what they did.
+PLANNED_MOVES = {
+    EventKind.PLANNED_MOVE_STARTED: "planned_move_started",
+    EventKind.PLANNED_MOVE_COMPLETED: "planned_move_completed",
+    EventKind.DRAIN_STARTED: "drain_started",
+    EventKind.DRAIN_COMPLETED: "drain_completed",
 }
 
 
@@ -72,6 +82,12 @@ class Metrics(EngineListener):
         self.failbacks = Counter(
             "trafficflip_failbacks", "Failbacks by outcome", ["service", "outcome"], registry=r
         )
+        self.operator_moves = Counter(
+            "trafficflip_operator_moves",
+            "Planned moves and drains by what happened (not failbacks)",
+            ["service", "event"],
+            registry=r,
+        )
         self.apply_seconds = Histogram(
             "trafficflip_provider_apply_duration_seconds",
             "Duration of non-empty provider applies, retries included",
@@ -91,8 +107,13 @@ class Metrics(EngineListener):
             ["target", "outcome"],
             registry=r,
         )
-        r.register(StateCollector(engine, runner))
+        self.state = StateCollector(engine, runner)
+        r.register(self.state)
         engine.listeners.append(self)
+
+    def read_from(self, snapshot: Callable[[], Snapshot]) -> None:
+        """Take per-service values from ``snapshot()`` (the API's snapshot keeper)."""
+        self.state.snapshot = snapshot
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format and its content type."""
@@ -116,10 +137,14 @@ class Metrics(EngineListener):
     def journaled(self, entries: Sequence[JournalEntry]) -> None:
         for entry in entries:
             self.events.labels(entry.service, entry.kind).inc()
-            if entry.kind == "failover":
+            if entry.kind == EventKind.FAILOVER:
                 self.failovers.labels(entry.service).inc()
             elif entry.kind in FAILBACK_OUTCOMES:
-                self.failbacks.labels(entry.service, FAILBACK_OUTCOMES[entry.kind]).inc()
+                self.failbacks.labels(entry.service, FAILBACK_OUTCOMES[EventKind(entry.kind)]).inc()
+            elif entry.kind in PLANNED_MOVES:
+                self.operator_moves.labels(
+                    entry.service, PLANNED_MOVES[EventKind(entry.kind)]
+                ).inc()
 
     def provider_synced(
         self, provider: str, error: Exception | None, apply_seconds: float | None
@@ -132,15 +157,19 @@ class Metrics(EngineListener):
 
 
 class StateCollector(Collector):
-    """Current values, read from the engine and the scheduler on every scrape."""
+    """Current values on every scrape: per service from the current snapshot (never the
+    engine's dicts or the store, so a scrape may run off the event loop), per provider and
+    for the scheduler from their own small counters."""
 
     def __init__(self, engine: Engine, runner: Runner) -> None:
         self.engine = engine
         self.runner = runner
         self.started = time.time()
+        self.snapshot: Callable[[], Snapshot] | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        yield from self._health()
+        if self.snapshot is not None:
+            yield from self._services(self.snapshot())
         yield from self._providers()
         yield from self._scheduler()
         yield from self._store()
@@ -159,27 +188,39 @@ class StateCollector(Collector):
         queued.add_metric([], health.queued)
         yield from (up, queued)
 
-    def _health(self) -> Iterator[GaugeMetricFamily]:
-        engine = self.engine
+    def _services(self, snapshot: Snapshot) -> Iterator[GaugeMetricFamily]:
         check_up = _gauge("check_up", "1 if the check is up", ["service", "site", "check"])
         site_up = _gauge("site_up", "1 if the site is up", ["service", "site"])
         share = _gauge("site_share_percent", "Desired share of the answers", ["service", "site"])
         held = _gauge("service_held", "1 while automatic changes are frozen", ["service"])
         step = _gauge("ramp_step", "Current ramp step (1-based), 0 without a ramp", ["service"])
-        for name, runtime in engine.services.items():
-            state = engine.states[name]
-            for site, health in engine.site_health(name).items():
-                for key in runtime.site_checks[site]:
-                    up = engine.checks[key].status is Status.UP
-                    check_up.add_metric([name, site, describe_check(engine.jobs[key].check)], up)
-                site_up.add_metric([name, site], health.status is Status.UP)
-                share.add_metric([name, site], (state.shares or {}).get(site, 0))
-            for key in runtime.gate_checks:
-                up = engine.checks[key].status is Status.UP
-                check_up.add_metric([name, "gates", describe_check(engine.jobs[key].check)], up)
-            held.add_metric([name], state.held)
-            step.add_metric([name], 0 if state.ramp is None else state.ramp.step + 1)
-        yield from (check_up, site_up, share, held, step)
+        phase = _gauge("service_phase", "1 for the service's current phase", ["service", "phase"])
+        age = _gauge("unsynced_change_age_seconds", "Age of the unconfirmed change", ["service"])
+        unsynced = 0
+        for view in snapshot.services:
+            name = view.name
+            for site in view.sites:
+                site_up.add_metric([name, site.name], site.status == "up")
+                share.add_metric([name, site.name], site.share)
+                for check in site.checks:
+                    check_up.add_metric([name, site.name, check.check], check.status == "up")
+            for check in view.gates:
+                check_up.add_metric([name, GATES_LABEL, check.check], check.status == "up")
+            held.add_metric([name], view.held)
+            step.add_metric([name], 0 if view.ramp is None else view.ramp.step)
+            phase.add_metric([name, view.phase], 1)
+            change = view.last_change
+            if change is not None and not change.in_sync:
+                unsynced += 1
+                age.add_metric([name], snapshot.built_at - change.submitted_at)
+        count = _gauge("unsynced_changes", "Provider changes not yet confirmed in sync", [])
+        count.add_metric([], unsynced)
+        last = _gauge("last_failover_timestamp_seconds", "When the last failover happened", [])
+        if snapshot.summary.last_failover is not None:
+            last.add_metric([], snapshot.summary.last_failover)
+        built = _gauge("snapshot_timestamp_seconds", "When the values above were read", [])
+        built.add_metric([], snapshot.built_at)
+        yield from (check_up, site_up, share, held, step, phase, age, count, last, built)
 
     def _providers(self) -> Iterator[GaugeMetricFamily]:
         now = time.time()
@@ -189,19 +230,13 @@ class StateCollector(Collector):
             "Seconds since the provider last answered a reconcile (since start if never)",
             ["provider"],
         )
-        for name, status in self.engine.provider_status.items():
+        for name, status in list(self.engine.provider_status.items()):
             up.add_metric([name], status.ok)
             since.add_metric([name], now - (status.last_success or self.started))
-        unsynced = _gauge("unsynced_changes", "Provider changes not yet confirmed in sync", [])
-        age = _gauge("unsynced_change_age_seconds", "Age of the unconfirmed change", ["service"])
-        count = 0
-        for name in self.engine.services:
-            change = self.engine.store.last_change(name)
-            if change is not None and not change.in_sync:
-                count += 1
-                age.add_metric([name], now - change.submitted_at)
-        unsynced.add_metric([], count)
-        yield from (up, since, unsynced, age)
+        # Alert rules compare the time since the last reconcile with this interval.
+        interval = _gauge("reconcile_interval_seconds", "Configured reconcile interval", [])
+        interval.add_metric([], self.runner.reconcile_interval)
+        yield from (up, since, interval)
 
     def _scheduler(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self.runner.stats

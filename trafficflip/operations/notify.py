@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from trafficflip.config.schema import NotifyTarget
-from trafficflip.decision.model import JournalEntry
+from trafficflip.decision.model import EventKind, JournalEntry
 from trafficflip.runtime.engine import Engine, EngineListener
 from trafficflip.runtime.retry import backoff_delay
 
@@ -28,23 +28,27 @@ QUEUE_SIZE = 1000
 # On stop, queued notices get this long to go out (the last failover before a restart).
 DRAIN_GRACE = 3.0
 RETRY_BASE, RETRY_CAP = 0.5, 10.0
+# The most of a receiver's answer read; the rest is dropped with the connection.
+BODY_LIMIT = 64 * 1024
 # provider_error notices come from the provider's transitions, not from its journal
 # entries (one per service per retry), so a provider outage is announced once.
-JOURNAL_ONLY_SKIPPED = {"provider_error"}
-ICONS = {
-    "failover": ":rotating_light:",
-    "all_down": ":fire:",
-    "provider_error": ":warning:",
-    "failback_aborted": ":warning:",
-    "failback_completed": ":white_check_mark:",
-    "recovered": ":white_check_mark:",
-    "provider_recovered": ":white_check_mark:",
+JOURNAL_ONLY_SKIPPED = {EventKind.PROVIDER_ERROR}
+ICONS: dict[str, str] = {
+    EventKind.FAILOVER: ":rotating_light:",
+    EventKind.ALL_DOWN: ":fire:",
+    EventKind.PROVIDER_ERROR: ":warning:",
+    EventKind.FAILBACK_ABORTED: ":warning:",
+    EventKind.FAILBACK_COMPLETED: ":white_check_mark:",
+    EventKind.RECOVERED: ":white_check_mark:",
+    EventKind.PROVIDER_RECOVERED: ":white_check_mark:",
+    EventKind.PLANNED_MOVE_STARTED: ":construction:",
+    EventKind.DRAIN_STARTED: ":construction:",
 }
 
 
 @dataclass(frozen=True)
 class Notice:
-    """One thing to tell: an event kind of ``NOTIFY_EVENTS`` and its one-line message."""
+    """One thing to tell: an event ``EventKind`` (as its string) and its one-line message."""
 
     event: str
     message: str
@@ -106,11 +110,11 @@ class Notifier(EngineListener):
             self._failing.add(provider)
             kind = str(getattr(error, "kind", "") or type(error).__name__)
             message = f"provider {provider} failed ({kind}): {error}"
-            self.notify(Notice("provider_error", message, self.clock(), data=data))
+            self.notify(Notice(EventKind.PROVIDER_ERROR, message, self.clock(), data=data))
         elif error is None and provider in self._failing:
             self._failing.discard(provider)
             message = f"provider {provider} answers again"
-            self.notify(Notice("provider_recovered", message, self.clock(), data=data))
+            self.notify(Notice(EventKind.PROVIDER_RECOVERED, message, self.clock(), data=data))
 
     # -- queueing and sending ---------------------------------------------------------------
 
@@ -179,19 +183,39 @@ class Notifier(EngineListener):
         )
 
     async def _post(self, target: NotifyTarget, notice: Notice) -> tuple[str, bool]:
-        """One attempt: ('', _) when delivered, else the error and whether to retry."""
-        assert self._client is not None
+        """One attempt, bounded as a whole by ``target.timeout``: ('', _) when delivered,
+        else the error and whether to retry."""
         url = target.url.get_secret_value()
-        headers = {name: value.get_secret_value() for name, value in target.headers.items()}
         try:
-            response = await self._client.post(
-                url, json=payload(target, notice), headers=headers, timeout=target.timeout
-            )
+            # httpx's timeout bounds each read, so a receiver dripping a byte at a time
+            # would hold the attempt forever: the deadline covers the whole exchange.
+            async with asyncio.timeout(target.timeout):
+                status = await self._exchange(target, notice, url)
+        except TimeoutError:
+            return f"no answer within {target.timeout}s", True
         except httpx.HTTPError as exc:
             # httpx messages may quote the URL, which is a secret here.
             return f"{type(exc).__name__}: {str(exc).replace(url, '<url>')}", True
-        status = response.status_code
         if status < 300:
             return "", False
         # 4xx other than 429 will not change on a retry (a revoked Slack hook answers 404).
         return f"status {status}", status >= 500 or status == 429
+
+    async def _exchange(self, target: NotifyTarget, notice: Notice, url: str) -> int:
+        """POST the notice; read at most ``BODY_LIMIT`` of the answer (nobody needs it, and
+        an endless body must not grow the process); return the status."""
+        assert self._client is not None
+        headers = {name: value.get_secret_value() for name, value in target.headers.items()}
+        request = self._client.build_request(
+            "POST", url, json=payload(target, notice), headers=headers, timeout=target.timeout
+        )
+        response = await self._client.send(request, stream=True)
+        try:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= BODY_LIMIT:
+                    break
+        finally:
+            await response.aclose()
+        return response.status_code

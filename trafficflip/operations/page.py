@@ -1,9 +1,10 @@
 """The status page: one static HTML file with inline CSS and script, and the data inlined.
 
-The first picture needs no request (the services are embedded as JSON), then the script
-refreshes from ``/api/v1/services``; when the service is unreachable it keeps the last
-picture, marked stale, and keeps trying. Nothing is loaded from anywhere else: an edge box
-reaches no CDN, and the API sends a Content-Security-Policy that forbids it.
+The first picture needs no request (the snapshot is embedded as JSON), then the script
+refreshes from ``/api/v1/summary`` and ``/api/v1/services?journal=0``; an opened service
+fetches its own journal. When the service is unreachable the page keeps the last picture,
+marked stale, and keeps trying. Nothing is loaded from anywhere else: an edge box reaches no
+CDN, and the API sends a Content-Security-Policy that forbids it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import secrets
 from functools import cache
 from importlib.resources import files
 
-from trafficflip.operations.views import ServiceView
+from trafficflip.operations.snapshot import Snapshot
 
 
 @cache
@@ -21,9 +22,10 @@ def template() -> str:
     return (files("trafficflip.operations") / "static" / "status.html").read_text(encoding="utf-8")
 
 
-def render_page(services: list[ServiceView], refresh: float) -> tuple[str, str]:
+def render_page(snapshot: Snapshot, refresh: float) -> tuple[str, str]:
     """The page and the nonce its script runs under (for the Content-Security-Policy)."""
-    data = json.dumps([s.model_dump(mode="json") for s in services])
+    services = snapshot.services_json(0).decode()
+    data = f'{{"summary": {json.dumps(snapshot.summary_json())}, "services": {services}}}'
     # Inside <script>, "</" would end the element: JSON allows escaping it.
     data = data.replace("<", "\\u003c")
     nonce = secrets.token_urlsafe(16)

@@ -1,88 +1,186 @@
-"""What trafficflip believes about each service, for ``status``, the demo and the API."""
+"""What phase a service is in, the fleet summary, and the CLI table; pure, from views.
+
+The ``ServiceView`` is the one shape of a service's status: the API sends it as JSON, the
+page draws it, and ``table`` prints it whether it came from the running instance's API or
+from the local state store.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from trafficflip.config.durations import format_duration
 from trafficflip.config.schema import ServiceConfig
-from trafficflip.decision.decide import site_order
-from trafficflip.decision.model import ServiceState
-from trafficflip.runtime.state import StateStore
+from trafficflip.decision.decide import next_step_at, site_order
+from trafficflip.decision.model import ServiceHealth, ServiceState, SiteHealth, Status
+
+# The phases the summary always counts, in the order an operator reads them.
+SUMMARY_PHASES = ("normal", "failed over", "ramping", "held", "all down", "provider error")
+# Phases not normal and listed first, worst first; anything else sorts after them.
+SEVERITY = (
+    "all down",
+    "provider error",
+    "failed over",
+    "held",
+    "ramping",
+    "pinned",
+    "draining",
+    "starting",
+    "never run",
+)
 
 
-def phase(service: ServiceConfig, state: ServiceState, now: float) -> str:
-    """normal, failed over, ramping step k of n (next in ...), held, all down, pinned ..."""
-    if state.held:
-        return "held"
-    if state.shares is None:
-        return "starting"
+@dataclass(frozen=True)
+class Phase:
+    """A service's phase (one of ``SEVERITY`` or ``normal``) and what it is waiting for."""
+
+    name: str
+    detail: str = ""
+
+
+def clock_text(at: float) -> str:
+    """Epoch seconds as local ``HH:MM:SS``, as an operator reads them next to ``date``."""
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def phase(
+    service: ServiceConfig,
+    state: ServiceState,
+    health: Mapping[str, SiteHealth] | None,
+    gates: SiteHealth | None,
+    *,
+    provider_error: str | None = None,
+    at_text: Callable[[float], str] = clock_text,
+) -> Phase:
+    """The phase, most urgent first. ``health`` is None when only the stored state is known
+    (``status`` without a running instance); ``at_text`` formats a time on the health
+    clock for people."""
     if state.all_down:
-        return "all down"
+        return Phase("all down", "every site is down; answers kept as they were")
+    if provider_error is not None:
+        return Phase("provider error", provider_error)
+    if state.held:
+        return Phase("held", "automatic changes frozen")
+    if state.shares is None:
+        return Phase("starting", "waiting for the first probes")
     if state.ramp is not None:
-        steps = service.failback.steps
-        text = f"ramping step {state.ramp.step + 1} of {len(steps)}"
-        if state.applied_at is None:
-            return text + " (applying)"
-        due = max(state.ramp.since, state.applied_at) + service.failback.step_duration
-        return text + f" (next in {format_duration(max(0.0, due - now))})"
+        return Phase("ramping", _ramp_detail(service, state, at_text))
     if state.pinned is not None:
-        return f"pinned to {state.pinned}"
+        return Phase("pinned", f"pinned to {state.pinned}")
     if state.drained:
-        return f"draining {', '.join(state.drained)}"
+        return Phase("draining", f"draining {', '.join(state.drained)}")
     order = site_order(service, state)
     normal = order[:1] if service.mode == "active-passive" else order
     if set(state.members) != set(normal):
-        return "failed over"
-    return "normal"
+        away = [s for s in normal if s not in state.members]
+        return Phase("failed over", _returning_detail(service, state, away, health, gates, at_text))
+    return Phase("normal")
 
 
-def service_status(
-    service: ServiceConfig, state: ServiceState, store: StateStore, now: float
-) -> dict[str, Any]:
-    """One service as plain data (``status --json``)."""
-    change = store.last_change(service.name)
-    return {
-        "name": service.name,
-        "phase": phase(service, state, now),
-        "members": list(state.members),
-        "shares": dict(state.shares or {}),
-        "ramp": None
-        if state.ramp is None
-        else {
-            "to": list(state.ramp.to),
-            "step": state.ramp.step + 1,
-            "steps": service.failback.steps,
-            "since": state.ramp.since,
-        },
-        "pinned": state.pinned,
-        "drained": list(state.drained),
-        "held": state.held,
-        "order": list(site_order(service, state)),
-        "failback_mode": service.failback.mode,
-        "failback_approved": state.failback_approved,
-        "last_change": None
-        if change is None
-        else {
-            "provider": change.provider,
-            "ids": list(change.change_ids),
-            "submitted_at": change.submitted_at,
-            "in_sync": change.in_sync,
-        },
-    }
+def _ramp_detail(
+    service: ServiceConfig, state: ServiceState, at_text: Callable[[float], str]
+) -> str:
+    assert state.ramp is not None
+    steps = service.failback.steps
+    text = f"step {state.ramp.step + 1} of {len(steps)} to {', '.join(state.ramp.to)}"
+    due = next_step_at(service, state, ServiceHealth({}))
+    if due is None:
+        return text + ", applying"
+    return text + f", next at {at_text(due)}"
 
 
-def table(rows: list[dict[str, Any]], now: float) -> str:
-    """A fixed-width table: service, phase, shares per site, last change."""
-    lines = [f"{'SERVICE':<16} {'PHASE':<34} {'SHARES':<32} CHANGE"]
-    for row in rows:
-        shares = " ".join(f"{site}={share}%" for site, share in row["shares"].items()) or "-"
-        change = row["last_change"]
-        if change is None:
-            sync = "-"
-        elif change["in_sync"]:
-            sync = "in sync"
-        else:
-            sync = f"lagging {format_duration(max(0.0, now - change['submitted_at']))}"
-        lines.append(f"{row['name']:<16} {row['phase']:<34} {shares:<32} {sync}")
+def _returning_detail(
+    service: ServiceConfig,
+    state: ServiceState,
+    away: Sequence[str],
+    health: Mapping[str, SiteHealth] | None,
+    gates: SiteHealth | None,
+    at_text: Callable[[float], str],
+) -> str:
+    """Why the preferred sites do not serve yet: down, stabilizing until when, waiting for
+    approval, or held back by the gates."""
+    if health is None:
+        return ""
+    parts = []
+    for site in away:
+        h = health.get(site, SiteHealth(Status.UNKNOWN))
+        if h.status is not Status.UP:
+            parts.append(f"{site} {h.status.value}" + (f": {h.reason}" if h.reason else ""))
+        elif service.failback.mode == "manual" and not state.failback_approved:
+            parts.append(f"{site} up, awaiting failback approval")
+        elif h.since is not None:
+            until = at_text(h.since + service.failback.stabilize)
+            parts.append(f"{site} up, stabilizing until {until}")
+    if gates is not None and service.failback.gates:
+        text = f"gates {gates.status.value}"
+        parts.append(
+            text + (f": {gates.reason}" if gates.status is not Status.UP and gates.reason else "")
+        )
+    return "; ".join(parts)
+
+
+def severity(phase_name: str) -> int:
+    """Sort key: the worst phase first, normal last."""
+    return SEVERITY.index(phase_name) if phase_name in SEVERITY else len(SEVERITY)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Services by phase, checks down, and the last failover (epoch seconds)."""
+
+    services: int
+    phases: dict[str, int]
+    checks_down: int | None  # None: not known (read from the store, no instance asked)
+    last_failover: float | None
+
+    def line(self) -> str:
+        counts = ", ".join(f"{self.phases.get(p, 0)} {p}" for p in SUMMARY_PHASES)
+        others = ", ".join(
+            f"{n} {p}" for p, n in self.phases.items() if p not in SUMMARY_PHASES and n
+        )
+        down = "checks not known" if self.checks_down is None else f"{self.checks_down} checks down"
+        last = "never" if self.last_failover is None else clock_text(self.last_failover)
+        return (
+            f"{self.services} services: {counts}{', ' + others if others else ''}; {down}; "
+            f"last failover {last}"
+        )
+
+
+def summarize(
+    phases: Iterable[str], checks_down: int | None, last_failover: float | None
+) -> Summary:
+    counts = dict.fromkeys(SUMMARY_PHASES, 0)
+    total = 0
+    for name in phases:
+        counts[name] = counts.get(name, 0) + 1
+        total += 1
+    return Summary(total, counts, checks_down, last_failover)
+
+
+@dataclass(frozen=True)
+class Row:
+    """What the table prints for one service (built from a ``ServiceView`` or its JSON)."""
+
+    name: str
+    phase: str
+    shares: Sequence[tuple[str, int]]
+    sync: str
+    detail: str
+
+
+def table(rows: Sequence[Row]) -> str:
+    """Fixed-width columns sized to their content, so a long detail never shifts the others."""
+    header = Row("SERVICE", "PHASE", (), "CHANGE", "DETAIL")
+    cells = [(r.name, r.phase, _shares(r), r.sync, r.detail) for r in rows]
+    head = (header.name, header.phase, "SHARES", header.sync, header.detail)
+    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(4)]
+    lines = []
+    for cell in [head, *cells]:
+        padded = [text.ljust(width) for text, width in zip(cell, widths, strict=False)]
+        lines.append("  ".join([*padded, cell[4]]).rstrip())
     return "\n".join(lines)
+
+
+def _shares(row: Row) -> str:
+    return " ".join(f"{site}={share}%" for site, share in row.shares) or "-"

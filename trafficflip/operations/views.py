@@ -7,17 +7,20 @@ query string or headers, which may hold tokens).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, Field
 
-from trafficflip.config.schema import Check, DnsCheck, HttpCheck, TcpCheck
-from trafficflip.decision.decide import site_order
+from trafficflip.config.schema import Check, DnsCheck, HttpCheck, ServiceConfig, TcpCheck
+from trafficflip.decision.decide import next_step_at, site_order
 from trafficflip.decision.health import CheckHealth
-from trafficflip.decision.model import JournalEntry
-from trafficflip.operations.status import phase
+from trafficflip.decision.model import JournalEntry, ServiceHealth, ServiceState, SiteHealth
+from trafficflip.operations.status import Phase, Row, clock_text, phase
+from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.state import ChangeRecord
 
 HealthStatus = Literal["up", "down", "unknown"]
 
@@ -66,11 +69,26 @@ class JournalView(BaseModel):
     data: dict[str, Any]
 
 
+class SharePoint(BaseModel):
+    at: float = Field(description="when the shares became these (epoch seconds)")
+    shares: dict[str, int]
+    kind: str = Field(description="the journal event that set them (failover, ramp_step...)")
+
+
 class ServiceView(BaseModel):
+    """One service's status: the one shape the API, the page and ``status`` render."""
+
     name: str
     provider: str
     mode: str
-    phase: str = Field(description="normal, failed over, ramping step k of n, held, all down...")
+    phase: str = Field(
+        description="normal, failed over, ramping, held, all down, provider error, pinned, "
+        "draining, starting (or never run, from a store without a running instance)"
+    )
+    detail: str = Field(
+        "", description="what the phase waits for: 'primary up, stabilizing until 12:04:30'"
+    )
+    provider_error: str | None = None
     held: bool
     pinned: str | None
     drained: list[str]
@@ -85,6 +103,23 @@ class ServiceView(BaseModel):
         default=[], description="backend instances not holding the last change (HAProxy)"
     )
     journal: list[JournalView]
+    timeline: list[SharePoint] = Field(
+        default=[], description="share changes over the last hour, oldest first (from the journal)"
+    )
+
+    def row(self) -> Row:
+        """The CLI table's row for this service."""
+        return Row(
+            self.name, self.phase, list(self.shares.items()), _sync(self.last_change), self.detail
+        )
+
+
+def _sync(change: ChangeView | None) -> str:
+    if change is None:
+        return "-"
+    if change.in_sync:
+        return "in sync"
+    return f"lagging since {clock_text(change.submitted_at)}"
 
 
 def describe_check(check: Check) -> str:
@@ -99,92 +134,160 @@ def describe_check(check: Check) -> str:
     return f"dns {check.name} {check.rdtype} @{check.server}"
 
 
-def check_view(engine: Engine, key: str) -> CheckView:
+TIMELINE_SPAN = 3600.0
+# Journal entries a view carries at most: the API's largest page, and an hour of a
+# flapping service's timeline.
+JOURNAL_KEEP = 50
+
+
+def check_view(engine: Engine, key: str, to_wall: Callable[[float], float]) -> CheckView:
     health: CheckHealth = engine.checks[key]
     last = health.last
-    return CheckView(
+    return CheckView.model_construct(
         check=describe_check(engine.jobs[key].check),
         status=health.status.value,
         reason=health.reason,
-        since=_wall(engine, health.since),
+        since=None if health.since is None else to_wall(health.since),
         latency=None if last is None else last.latency,
-        at=None if last is None else _wall(engine, last.at),
+        at=None if last is None else to_wall(last.at),
     )
 
 
 def journal_view(entry: JournalEntry) -> JournalView:
-    return JournalView(
+    return JournalView.model_construct(
         at=entry.at, service=entry.service, kind=entry.kind, message=entry.message, data=entry.data
     )
 
 
-def service_view(engine: Engine, name: str, now: float, journal: int) -> ServiceView:
-    """The live view of one service with its last ``journal`` entries."""
+def wall_clock(engine: Engine) -> Callable[[float], float]:
+    """How to show the engine's times: its ``Clock`` is monotonic; a plain wall clock
+    (tests, older engines) needs no conversion."""
+    clock = engine.clock
+    if isinstance(clock, Clock):
+        return clock.to_wall
+    return _same
+
+
+def _same(moment: float) -> float:
+    return moment
+
+
+def service_view(
+    engine: Engine, name: str, journal: Sequence[JournalView], change: ChangeRecord | None
+) -> ServiceView:
+    """The live view of one service, with ``journal`` (oldest first) as its history.
+
+    Pure reads of the engine's current values: the snapshot calls it between other work.
+    """
     runtime = engine.services[name]
     config, state = runtime.config, engine.states[name]
-    health = engine.site_health(name)
-    shares = dict(state.shares or {})
+    to_wall = wall_clock(engine)
+    service_health = engine.service_health(name)
+    health = dict(service_health.sites)
+    gates = SiteHealth(service_health.gates) if runtime.gate_checks else None
+    status = engine.provider_status[config.provider]
+    error = None if status.ok else f"{status.error_kind}: {status.error}"
+    now_phase = phase(
+        config, state, health, gates, provider_error=error, at_text=lambda t: clock_text(to_wall(t))
+    )
+    shares = _shares(config, state)
     sites = [
-        SiteView(
+        SiteView.model_construct(
             name=site.name,
             share=shares.get(site.name, 0),
             member=site.name in state.members,
             status=health[site.name].status.value,
-            since=_wall(engine, health[site.name].since),
+            since=_wall(health[site.name].since, to_wall),
             reason=health[site.name].reason,
-            checks=[check_view(engine, k) for k in runtime.site_checks[site.name]],
+            checks=[check_view(engine, k, to_wall) for k in runtime.site_checks[site.name]],
         )
         for site in config.sites
     ]
-    change = engine.store.last_change(name)
-    return ServiceView(
-        name=name,
+    view = stored_view(config, state, journal, change, now_phase, to_wall(engine.clock()), to_wall)
+    view.sites = sites
+    view.gates = [check_view(engine, k, to_wall) for k in runtime.gate_checks]
+    view.lagging_instances = list(status.lagging)
+    view.provider_error = error
+    return view
+
+
+def stored_view(
+    config: ServiceConfig,
+    state: ServiceState,
+    journal: Sequence[JournalView],
+    change: ChangeRecord | None,
+    now_phase: Phase,
+    wall_now: float,
+    to_wall: Callable[[float], float] = _same,
+) -> ServiceView:
+    """A view from what the state store holds (no live health: sites are listed without
+    status). ``status`` uses it when no instance is asked; ``service_view`` adds health."""
+    shares = _shares(config, state)
+    return ServiceView.model_construct(
+        name=config.name,
         provider=config.provider,
         mode=config.mode,
-        phase=phase(config, state, now),
+        phase=now_phase.name,
+        detail=now_phase.detail,
         held=state.held,
         pinned=state.pinned,
         drained=list(state.drained),
         order=list(site_order(config, state)),
         members=list(state.members),
         shares=shares,
-        sites=sites,
-        gates=[check_view(engine, k) for k in runtime.gate_checks],
-        ramp=_ramp_view(engine, name),
-        lagging_instances=list(engine.provider_status[config.provider].lagging),
-        last_change=None
-        if change is None
-        else ChangeView(
-            provider=change.provider,
-            ids=list(change.change_ids),
-            submitted_at=change.submitted_at,
-            in_sync=change.in_sync,
-            confirmed_at=change.confirmed_at,
-        ),
-        journal=[journal_view(e) for e in engine.store.journal(name, limit=journal)]
-        if journal
-        else [],
+        sites=[],
+        gates=[],
+        ramp=_ramp_view(config, state, to_wall),
+        last_change=None if change is None else _change_view(change),
+        journal=list(journal),
+        timeline=timeline(journal, wall_now),
     )
 
 
-def _ramp_view(engine: Engine, name: str) -> RampView | None:
-    config, state = engine.services[name].config, engine.states[name]
+def _shares(config: ServiceConfig, state: ServiceState) -> dict[str, int]:
+    """Shares in config order (the order the operator wrote the sites in)."""
+    shares = state.shares or {}
+    return {site: shares[site] for site in config.site_names if site in shares}
+
+
+def _wall(moment: float | None, to_wall: Callable[[float], float]) -> float | None:
+    return None if moment is None else to_wall(moment)
+
+
+def _change_view(change: ChangeRecord) -> ChangeView:
+    return ChangeView.model_construct(
+        provider=change.provider,
+        ids=list(change.change_ids),
+        submitted_at=change.submitted_at,
+        in_sync=change.in_sync,
+        confirmed_at=change.confirmed_at,
+    )
+
+
+def timeline(journal: Sequence[JournalView], now: float) -> list[SharePoint]:
+    """The share changes of the last ``TIMELINE_SPAN``, with the last one before it as the
+    starting point, from journal entries that carry shares."""
+    start = now - TIMELINE_SPAN
+    with_shares = [e for e in journal if isinstance(e.data.get("shares"), dict)]
+    earlier = [e for e in with_shares if e.at < start][-1:]
+    return [
+        SharePoint.model_construct(at=e.at, shares=e.data["shares"], kind=e.kind)
+        for e in earlier + [e for e in with_shares if e.at >= start]
+    ]
+
+
+def _ramp_view(
+    config: ServiceConfig, state: ServiceState, to_wall: Callable[[float], float]
+) -> RampView | None:
     ramp = state.ramp
     if ramp is None:
         return None
-    next_at = None
-    if state.applied_at is not None:
-        next_at = max(ramp.since, state.applied_at) + config.failback.step_duration
-    return RampView(
+    due = next_step_at(config, state, ServiceHealth({}))
+    return RampView.model_construct(
         to=list(ramp.to),
         step=ramp.step + 1,
         steps=list(config.failback.steps),
-        since=engine.clock.to_wall(ramp.since),
-        next_at=_wall(engine, next_at),
+        since=to_wall(ramp.since),
+        next_at=None if due is None else to_wall(due),
         reason=ramp.reason,
     )
-
-
-def _wall(engine: Engine, moment: float | None) -> float | None:
-    """A monotonic moment of the running engine as epoch seconds, for display."""
-    return None if moment is None else engine.clock.to_wall(moment)

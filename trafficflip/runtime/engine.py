@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from trafficflip.backend.provider import Provider
 from trafficflip.backend.provider import read_only as read_only_provider
 from trafficflip.config.schema import ServiceConfig
-from trafficflip.decision.commands import CommandError, apply_command
+from trafficflip.decision.commands import CommandResult, apply_command
 from trafficflip.decision.decide import decide, fit_to_config, next_step_at
 from trafficflip.decision.model import (
     Event,
@@ -30,6 +30,7 @@ from trafficflip.decision.model import (
     Status,
 )
 from trafficflip.decision.plan import Plan
+from trafficflip.errors import CommandError
 from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.journal import Journal, resumed_state
 from trafficflip.runtime.listeners import EngineListener, Listeners
@@ -281,7 +282,7 @@ class Engine:
 
     # -- operator commands ----------------------------------------------------------------
 
-    def take_commands(self) -> dict[int, str]:
+    def take_commands(self) -> dict[int, CommandResult]:
         """Apply every pending operator command from the store; each one's result by id."""
         if self.read_only:
             return {}
@@ -294,27 +295,30 @@ class Engine:
         for command in pending:
             results[command.id] = self._take(command)
             if self.writer is not None:
-                self.writer.complete(command.id, results[command.id])
+                self.writer.complete(command.id, results[command.id].encode())
         return results
 
-    def _take(self, command: Command) -> str:
+    def _take(self, command: Command) -> CommandResult:
         return self.execute(command.service, command.name, command.args, command.source)
 
-    def execute(self, service: str, name: str, args: Mapping[str, object], source: str) -> str:
-        """Apply one operator command now: ``ok`` or ``error: why``."""
+    def execute(
+        self, service: str, name: str, args: Mapping[str, object], source: str
+    ) -> CommandResult:
+        """Apply one operator command now (the API's path; the CLI's goes through the
+        store). Journaled with its source; the traffic moves at once."""
         runtime = self.services.get(service)
         if runtime is None:
-            return f"error: unknown service {service!r}"
+            return CommandResult.rejected(f"unknown service {service!r}")
         try:
             state, event = apply_command(runtime.config, self.states[service], name, dict(args))
         except CommandError as exc:
             log.warning("command_rejected service=%s %s", service, exc)
-            return f"error: {exc}"
+            return CommandResult.rejected(str(exc))
         event = replace(event, message=f"{event.message} by {source}")
         self.states[service] = state
         self.journal.record(service, [event], state=state)
         self.request(service)
-        return "ok"
+        return CommandResult(True)
 
     # -- providers ------------------------------------------------------------------------
 

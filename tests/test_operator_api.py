@@ -1,0 +1,138 @@
+"""The API's shape over an engine with the in-memory provider (FastAPI's TestClient):
+read auth, the Host check, the body limit, the command table, the snapshot and summary."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_engine import Rig
+from trafficflip.config.schema import ApiConfig
+from trafficflip.decision.commands import COMMANDS
+from trafficflip.errors import ConfigError
+from trafficflip.operations.api import JOURNAL_MAX, create_app, load_tokens
+from trafficflip.operations.metrics import Metrics
+from trafficflip.runtime.probes import Prober
+from trafficflip.runtime.scheduler import Runner
+
+TOKEN = "operator-token-0123"
+
+
+def client(rig: Rig, **api: object) -> httpx.AsyncClient:
+    """The app in this event loop, spoken to over ASGI (no socket)."""
+    config = ApiConfig.model_validate({"tokens": {"ops": TOKEN}, **api})
+    runner = Runner(rig.engine, Prober(), reconcile_interval=30)
+    app = create_app(rig.engine, runner, Metrics(rig.engine, runner), load_tokens(config), config)
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    rig = Rig(services=3)
+    rig.probe("primary", True)
+    rig.probe("dr", True)
+    await rig.settle()
+    yield rig
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def test_reads_need_a_token_with_read_auth_except_the_probes(rig: Rig) -> None:
+    api = client(rig, read_auth=True)
+    for path in ("/api/v1/services", "/api/v1/services/www", "/api/v1/summary", "/"):
+        assert (await api.get(path)).status_code == 401, path
+        assert (await api.get(path, headers=AUTH)).status_code == 200, path
+    for path in ("/healthz", "/metrics"):
+        assert (await api.get(path)).status_code == 200, path
+    assert (await api.get("/readyz")).status_code in (
+        200,
+        503,
+    )  # open; not ready before a reconcile
+
+
+def test_read_auth_without_a_token_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_tokens(ApiConfig(read_auth=True))
+    assert caught.value.problems == [
+        "api.read_auth: needs a token in api.tokens or api.tokens_file"
+    ]
+
+
+def test_tokens_file_names_are_validated(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("ops team:secret-token\n")
+    with pytest.raises(ConfigError) as caught:
+        load_tokens(ApiConfig(tokens_file=tokens))
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"api.tokens_file: {tokens} line 1: the name must match")
+    assert "secret-token" not in problem
+
+
+async def test_host_header_is_checked_against_allowed_hosts(rig: Rig) -> None:
+    api = client(rig, allowed_hosts=["trafficflip.internal", "127.0.0.1"])
+    assert (
+        await api.get("/api/v1/summary", headers={"Host": "trafficflip.internal"})
+    ).status_code == 200
+    assert (
+        await api.get("/api/v1/summary", headers={"Host": "rebound.example"})
+    ).status_code == 400
+    assert (await api.get("/", headers={"Host": "rebound.example"})).status_code == 400
+
+
+async def test_request_bodies_above_the_limit_are_refused(rig: Rig) -> None:
+    api = client(rig, max_body=1024)
+    big = {"reason": "x" * 2000}
+    response = await api.post("/api/v1/services/www/hold", json=big, headers=AUTH)
+    assert response.status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: streamed
+        for _ in range(4):
+            yield b'{"reason": "' + b"x" * 600
+
+    streamed = await api.post("/api/v1/services/www/hold", content=chunks(), headers=AUTH)
+    assert streamed.status_code == 413
+    assert rig.engine.states["www"].held is False
+
+
+async def test_journal_page_is_capped(rig: Rig) -> None:
+    api = client(rig)
+    assert (await api.get(f"/api/v1/services?journal={JOURNAL_MAX}")).status_code == 200
+    assert (await api.get(f"/api/v1/services?journal={JOURNAL_MAX + 1}")).status_code == 422
+
+
+async def test_one_route_per_command_in_the_table(rig: Rig) -> None:
+    paths = (await client(rig).get("/openapi.json")).json()["paths"]
+    posted = {p.rsplit("/", 1)[1] for p, ops in paths.items() if "post" in ops}
+    assert posted == set(COMMANDS)
+
+
+async def test_commands_apply_and_are_visible_to_the_next_read(rig: Rig) -> None:
+    api = client(rig)
+    response = await api.post("/api/v1/services/s1/hold", json={"reason": "deploy"}, headers=AUTH)
+    assert response.status_code == 200 and response.json()["result"] == "ok"
+    assert response.json()["service"]["phase"] == "held"
+    view = (await api.get("/api/v1/services/s1")).json()
+    assert view["phase"] == "held"
+    assert view["journal"][-1]["message"] == "hold: automatic changes frozen (deploy) by api:ops"
+    refused = await api.post("/api/v1/services/s1/drain", json={"site": "mars"}, headers=AUTH)
+    assert refused.status_code == 409 and "has no site 'mars'" in refused.json()["detail"]
+    missing = await api.post("/api/v1/services/s1/drain", json={}, headers=AUTH)
+    assert missing.status_code == 422  # a site command needs its site
+    assert (await api.post("/api/v1/services/s1/release", headers=AUTH)).status_code == 200
+
+
+async def test_summary_counts_phases_and_the_list_keeps_config_order(rig: Rig) -> None:
+    api = client(rig)
+    await api.post("/api/v1/services/s2/hold", headers=AUTH)
+    summary = (await api.get("/api/v1/summary")).json()
+    assert summary["services"] == 3 and summary["phases"]["held"] == 1
+    assert summary["line"].startswith("3 services: ")
+    names = [v["name"] for v in (await api.get("/api/v1/services")).json()]
+    assert names == ["www", "s1", "s2"]
+    sites = [s["name"] for s in (await api.get("/api/v1/services/www")).json()["sites"]]
+    assert sites == ["primary", "dr"]
