@@ -6,7 +6,13 @@ import pytest
 
 from trafficflip.decision.model import JournalEntry, Ramp, ServiceState
 from trafficflip.errors import ConfigError
-from trafficflip.runtime.state import ChangeRecord, SqliteStateStore, open_store, sqlite_path
+from trafficflip.runtime.state import (
+    ChangeRecord,
+    SqliteStateStore,
+    WriteBatch,
+    open_store,
+    sqlite_path,
+)
 
 
 def test_state_and_journal_survive_reopening(tmp_path: Path) -> None:
@@ -52,3 +58,15 @@ def test_state_urls() -> None:
     assert sqlite_path("sqlite:///trafficflip.db") == "trafficflip.db"
     with pytest.raises(ConfigError, match="unsupported state URL"):
         sqlite_path("postgres://x")
+
+
+def test_journal_retention_by_age_and_by_count() -> None:
+    store = SqliteStateStore(":memory:")
+    old = [JournalEntry(100.0 + i, "www", "command", f"old {i}") for i in range(5)]
+    new = [JournalEntry(1000.0 + i, "www", "command", f"new {i}") for i in range(10)]
+    store.write(WriteBatch({}, old + new, {}, {}))
+    assert store.prune(before=500.0, keep=1_000_000) == 5
+    assert [e.message for e in store.journal(limit=100)][0] == "new 0"
+    store.prune(before=0.0, keep=3)
+    assert [e.message for e in store.journal(limit=100)] == ["new 7", "new 8", "new 9"]
+    store.close()

@@ -121,7 +121,9 @@ async def serve(config: Config, path: str | None = None) -> None:
     api_config = config.settings.api
     tokens = load_tokens(api_config)  # a bad tokens file is a ConfigError before anything runs
     store = open_store(config.settings.state)
-    engine = Engine(config.services, store, build_providers(config))
+    engine = Engine(
+        config.services, store, build_providers(config), retention=config.settings.journal
+    )
     settings = config.settings
     runner = Runner(
         engine,

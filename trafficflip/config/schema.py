@@ -340,6 +340,15 @@ class NotifyTarget(Strict):
         return value
 
 
+class JournalConfig(Strict):
+    """Journal retention (``TRAFFICFLIP_JOURNAL__*``): entries older than ``max_age`` and
+    beyond the newest ``max_entries`` are deleted once an hour. The defaults keep a year of
+    ordinary operation under 100 MB (docs/operations.md has the arithmetic)."""
+
+    max_age: Duration = 365 * 86400.0
+    max_entries: Annotated[int, Field(ge=1000)] = 250_000
+
+
 class Settings(BaseSettings):
     """The whole configuration. Environment variables override the YAML file."""
 
@@ -363,6 +372,7 @@ class Settings(BaseSettings):
     services: list[ServiceConfig] = []
     api: ApiConfig = ApiConfig()
     notify: list[NotifyTarget] = []
+    journal: JournalConfig = JournalConfig()
 
     @field_validator("notify")
     @classmethod

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from trafficflip.backend.provider import Provider
 from trafficflip.backend.provider import read_only as read_only_provider
-from trafficflip.config.schema import ServiceConfig
+from trafficflip.config.schema import JournalConfig, ServiceConfig
 from trafficflip.decision.commands import CommandResult, apply_command
 from trafficflip.decision.decide import decide, fit_to_config, next_step_at
 from trafficflip.decision.model import (
@@ -37,7 +37,7 @@ from trafficflip.runtime.listeners import EngineListener, Listeners
 from trafficflip.runtime.monitor import HealthMonitor
 from trafficflip.runtime.state import Command, StateStore
 from trafficflip.runtime.sync import ProviderStatus, ProviderSync
-from trafficflip.runtime.writer import Retention, StateWriter
+from trafficflip.runtime.writer import StateWriter
 
 __all__ = ["Engine", "EngineListener", "ProviderStatus", "Reload"]
 
@@ -72,7 +72,7 @@ class Engine:
         clock: Clock | None = None,
         *,
         read_only: bool = False,
-        retention: Retention | None = None,
+        retention: JournalConfig | None = None,
     ) -> None:
         """``read_only`` builds a preview engine (``plan``): providers refuse every apply,
         nothing is written, scheduled or retried, and decisions are collected in

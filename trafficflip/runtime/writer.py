@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from trafficflip.config.schema import JournalConfig
 from trafficflip.decision.model import JournalEntry, ServiceState
 from trafficflip.runtime.retry import backoff_delay
 from trafficflip.runtime.state import ChangeRecord, StateStore, WriteBatch
@@ -26,14 +27,6 @@ RETRY_CAP = 5.0
 # Journal lines kept in memory while the store is down; beyond this the oldest are dropped
 # (counted), never a state: states are one per service.
 MAX_QUEUED_ENTRIES = 100_000
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How much journal to keep: by age and by row count."""
-
-    max_age: float = 365 * 86400.0
-    max_entries: int = 400_000
 
 
 @dataclass
@@ -78,12 +71,12 @@ class StateWriter:
         self,
         store: StateStore,
         *,
-        retention: Retention | None = None,
+        retention: JournalConfig | None = None,
         touch_every: float = TOUCH_EVERY,
         on_failure: Callable[[Exception], None] | None = None,
     ) -> None:
         self._store = store
-        self._retention = retention or Retention()
+        self._retention = retention or JournalConfig()
         self._touch_every = touch_every
         self._on_failure = on_failure
         self._queue = _Queue()
