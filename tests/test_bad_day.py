@@ -95,6 +95,13 @@ def test_reload_takes_a_renamed_serving_site_and_an_added_service(service: Servi
     assert "reload_rejected services[0]" in service.output()
     assert service.process.alive() and service.answering()
     assert service.weights("api") == {"primary": 0, "backup": 100}
+    # The same through the API: 400 with the problems, then a valid file is taken.
+    rejected = service.post("/api/v1/reload")
+    assert rejected.status_code == 400 and rejected.json()["problems"], rejected.text
+    service.config.write_text(yaml.safe_dump(data))
+    taken = service.post("/api/v1/reload")
+    assert taken.status_code == 200, taken.text
+    assert service.post("/api/v1/reload", token="").status_code == 401
 
 
 def test_a_renamed_site_across_a_restart(service: Service) -> None:

@@ -135,9 +135,6 @@ async def serve(config: Config, path: str | None = None) -> None:
     )
     metrics = Metrics(engine, runner)
     runner.components.append(Notifier(config.settings.notify, engine, counted=metrics.notified))
-    if api_config.enabled:
-        app = create_app(engine, runner, metrics, tokens, api_config)
-        runner.components.append(ApiServer(app, api_config.listen))
     reloader = Reloader(
         path,
         config,
@@ -145,6 +142,9 @@ async def serve(config: Config, path: str | None = None) -> None:
         build_providers,
         lambda: asyncio.get_running_loop().create_task(runner.sync_probes()),
     )
+    if api_config.enabled:
+        app = create_app(engine, runner, metrics, tokens, api_config, reload=reloader.reload)
+        runner.components.append(ApiServer(app, api_config.listen))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)

@@ -235,9 +235,11 @@ def create_app(
     tokens: Mapping[str, str],
     config: ApiConfig | None = None,
     snapshots: SnapshotKeeper | None = None,
+    reload: Callable[[], list[str]] | None = None,
 ) -> FastAPI:
     """The application over a running engine (the routes are in ``_routes``). Without
-    ``snapshots`` it keeps its own, started and stopped by the ``ApiServer``."""
+    ``snapshots`` it keeps its own, started and stopped by the ``ApiServer``. ``reload``
+    re-reads the configuration and returns its problems (``POST /api/v1/reload``)."""
     config = config or ApiConfig()
     snapshots = snapshots or SnapshotKeeper(engine)
     app = FastAPI(title="trafficflip", version="1", docs_url=None, redoc_url=None)
@@ -250,7 +252,34 @@ def create_app(
     app.add_middleware(BodyLimit, limit=config.max_body)
     _routes(app, engine, runner, metrics, snapshots)
     _command_routes(app, engine, snapshots)
+    if reload is not None:
+        _reload_route(app, reload)
     return app
+
+
+class ReloadResult(BaseModel):
+    result: str
+    problems: list[str] = []
+
+
+def _reload_route(app: FastAPI, reload: Callable[[], list[str]]) -> None:
+    @app.post(
+        "/api/v1/reload",
+        response_model=ReloadResult,
+        responses={400: {"model": ReloadResult}, 401: ERRORS[401], 403: ERRORS[403]},
+        summary="re-read the configuration file and the environment",
+    )
+    async def reload_config(who: Operator, response: Response) -> ReloadResult:
+        """A valid configuration takes effect at once; an invalid one changes nothing and
+        its problems come back as ``key.path: reason``."""
+        problems = reload()
+        log.info("api_reload by=%s problems=%d", who, len(problems))
+        if problems:
+            response.status_code = 400
+            return ReloadResult(
+                result="rejected: the running configuration stays", problems=problems
+            )
+        return ReloadResult(result="reloaded")
 
 
 class Scrapes:
