@@ -94,6 +94,12 @@ class Engine:
         self._wakeups: dict[str, asyncio.TimerHandle] = {}
         self._site_status: dict[str, dict[str, Status]] = {}
         self._last_confirm = -CONFIRM_EVERY
+        # Start-up: first decisions are held back until every service has its start-up
+        # probes (or this deadline passes), so N services converge in a handful of calls
+        # rather than one call per service as each finishes its rise probes.
+        self._starting_until: float | None = self.clock.now() + max(
+            (startup_time(s) for s in services), default=0.0
+        )
         self._set_providers(providers)
         for service in services:
             self._add(service)
@@ -231,7 +237,22 @@ class Engine:
         state = self.states[name]
         if self.read_only or state.shares is None or state.applied_at is not None:
             return
+        if not urgent and self._starting():
+            return  # taken together when start-up ends (see __init__)
         self.syncs[self.services[name].config.provider].request([name], urgent=urgent)
+
+    def _starting(self) -> bool:
+        """True while start-up holds first decisions back; at its end, release them all."""
+        if self._starting_until is None:
+            return False
+        pending = [n for n in self.services if not self.started(n)]
+        if pending and self.clock.now() < self._starting_until:
+            return True
+        self._starting_until = None
+        log.info("startup_complete services=%d waited_for=%d", len(self.services), len(pending))
+        for name in self.services:
+            self._converge_soon(name)
+        return False
 
     async def tick(self) -> None:
         """Take operator commands and let time-based decisions (stabilize, ramp steps) fire."""
@@ -383,6 +404,13 @@ class Engine:
             sync.close()
         if self.writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+
+
+def startup_time(service: ServiceConfig) -> float:
+    """How long a service's checks need to finish their start-up probes, with margin: the
+    first probe comes within an interval (runs are spread), then ``rise`` of them."""
+    health = service.health
+    return (max(health.rise, 1) + 1) * health.interval + health.timeout + 1.0
 
 
 def _clock_time(wall: float) -> str:
