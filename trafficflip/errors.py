@@ -71,3 +71,8 @@ class PermanentProviderError(ProviderError):
 
 class UnsafePlanError(TrafficflipError):
     """The plan breaks a safety rule and is refused."""
+
+
+class NotLeaderError(UnsafePlanError):
+    """Cluster mode: this instance does not hold the leadership (its lease ran out or another
+    instance was elected), so its write is refused. Never retried by this instance."""
