@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -26,7 +26,15 @@ from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.monitor import ProbeJob
 from trafficflip.runtime.probes import Prober
 from trafficflip.runtime.scheduler import Runner
-from trafficflip.runtime.state import SqliteStateStore, open_store, open_store_read_only
+from trafficflip.runtime.state import (
+    SqliteStateStore,
+    StateStore,
+    open_store,
+    open_store_read_only,
+)
+
+if TYPE_CHECKING:
+    from trafficflip.cluster.store import EtcdStateStore
 
 EXIT_CONFIG = 2
 COMMAND_WAIT = 5.0
@@ -74,13 +82,28 @@ async def serve(config: Config) -> None:
 
     api_config = config.settings.api
     tokens = load_tokens(api_config)  # a bad tokens file is a ConfigError before anything runs
-    store = open_store(config.settings.state)
-    engine = Engine(config, store, build_providers(config))
+    node = None
+    store: StateStore
+    engine: Engine
+    if config.settings.cluster is not None:
+        from trafficflip.cluster import api as cluster_api
+        from trafficflip.cluster.node import start_cluster
+
+        node, engine = await start_cluster(config, config.settings.cluster, build_providers(config))
+        store = node.store
+    else:
+        store = open_store(config.settings.state)
+        engine = Engine(config, store, build_providers(config))
     runner = Runner(engine, Prober(), reconcile_interval=config.settings.reconcile_interval)
     metrics = Metrics(engine, runner)
+    if node is not None:
+        runner.components.insert(0, node)
+        cluster_api.register_metrics(metrics.registry, node)
     runner.components.append(Notifier(config.settings.notify, engine, counted=metrics.notified))
     if api_config.enabled:
         app = create_app(engine, runner, metrics, tokens)
+        if node is not None:
+            cluster_api.cluster_routes(app, node)
         runner.components.append(ApiServer(app, api_config.listen))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -236,7 +259,7 @@ def command_handler(name: str) -> Callable[[argparse.Namespace], int]:
         if args.service not in {s.name for s in config.services}:
             print(f"unknown service {args.service!r}", file=sys.stderr)
             return EXIT_CONFIG
-        store = open_store(config.settings.state)
+        store = _command_store(config)
         command_id = store.submit(args.service, name, payload, source="cli")
         result = _wait_for_result(store, command_id, args.wait)
         store.close()
@@ -249,7 +272,17 @@ def command_handler(name: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-def _wait_for_result(store: SqliteStateStore, command_id: int, wait: float) -> str | None:
+def _command_store(config: Config) -> SqliteStateStore | EtcdStateStore:
+    if config.settings.cluster is not None:
+        from trafficflip.cluster.node import open_command_store
+
+        return open_command_store(config.settings.cluster)
+    return open_store(config.settings.state)
+
+
+def _wait_for_result(
+    store: SqliteStateStore | EtcdStateStore, command_id: int, wait: float
+) -> str | None:
     deadline = time.monotonic() + wait
     while True:
         result = store.command_result(command_id)

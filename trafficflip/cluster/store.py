@@ -47,12 +47,14 @@ class EtcdStateStore:
         *,
         etcd_problem: Callable[[], str | None] = lambda: None,
         journal_keep: int = JOURNAL_KEEP,
+        owns_client: bool = False,
     ) -> None:
         self.client = client
         self.prefix = prefix.rstrip("/")
         self._fence = fence
         self._problem = etcd_problem
         self.journal_keep = journal_keep
+        self._owns_client = owns_client
         self.refusals = 0
         self._appends = 0
         self._seq = 0
@@ -173,7 +175,9 @@ class EtcdStateStore:
         )
 
     def close(self) -> None:
-        """The client belongs to the node, which closes it."""
+        """Close the client if this store owns it (the node closes its own)."""
+        if self._owns_client:
+            self.client.close()
 
     # -- helpers -----------------------------------------------------------------------------
 
