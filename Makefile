@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests run for real (installed only when missing and root).
-SYSTEM_PACKAGES := bind9 bind9-utils bind9-dnsutils haproxy chromium
-SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium
+SYSTEM_PACKAGES := bind9 bind9-utils bind9-dnsutils haproxy chromium etcd-server iptables
+SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium /usr/bin/etcd /usr/sbin/iptables
 
 .PHONY: demo test lint bench system-packages clean
 

@@ -8,8 +8,10 @@ one vantage point off from a site while the others still reach it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,17 @@ PRIMARY_ADDRESS = "127.0.0.2"
 
 
 class Instance:
-    def __init__(self, name: str, index: int, deployment: Deployment, etcd: EtcdCluster) -> None:
+    def __init__(
+        self, name: str, index: int, deployment: Deployment, etcd: EtcdCluster, config: Path
+    ) -> None:
         self.name = name
+        self.config = config
         self.port = free_port()
         self.uid = FIRST_UID + index
         self.deployment = deployment
         self.env = {
             **deployment.env,
+            "TRAFFICFLIP_CONFIG": str(config),
             "TRAFFICFLIP_CLUSTER__ETCD": ",".join(etcd.endpoints),
             "TRAFFICFLIP_CLUSTER__NAME": name,
             "TRAFFICFLIP_CLUSTER__LEASE_TTL": f"{LEASE_TTL}s",
@@ -55,7 +61,7 @@ class Instance:
 
     def start(self, *, as_uid: bool = False) -> None:
         self.runs += 1
-        command = trafficflip_command("run", "--config", str(self.deployment.config))
+        command = trafficflip_command("run", "--config", str(self.config))
         if as_uid:
             command = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}",
                        "--clear-groups", *command]  # fmt: skip
@@ -110,12 +116,19 @@ class ClusterDeployment:
         self.deployment.primary = HttpSite(PRIMARY_ADDRESS).start()
         data = self.deployment.config_data(steps, step_duration)
         self.deployment.config.write_text(yaml.safe_dump(data))
+        self.config = self.deployment.config
+        self.shared: Path | None = None
         if as_uid:
-            # Instances running as other users read the config and write nothing else.
-            tmp_path.chmod(0o755)
-            self.deployment.config.chmod(0o644)
+            # Instances running as other users read the config (pytest's folders are 0700)
+            # and write nothing else: their logs are written by this process.
+            self.shared = Path(tempfile.mkdtemp(prefix="tf-cluster-"))
+            self.shared.chmod(0o755)
+            self.config = self.shared / "trafficflip.yaml"
+            shutil.copy(self.deployment.config, self.config)
+            self.config.chmod(0o644)
         self.instances = [
-            Instance(name, i, self.deployment, self.etcd) for i, name in enumerate(NAMES)
+            Instance(name, i, self.deployment, self.etcd, self.config)
+            for i, name in enumerate(NAMES)
         ]
         for instance in self.instances:
             instance.start(as_uid=as_uid)
@@ -146,6 +159,8 @@ class ClusterDeployment:
             instance.stop()
         self.deployment.close()
         self.etcd.stop()
+        if self.shared is not None:
+            shutil.rmtree(self.shared, ignore_errors=True)
 
 
 def require_root() -> None:
