@@ -100,3 +100,32 @@ def test_sigkill_of_the_leader_mid_ramp(cluster: ClusterDeployment) -> None:
     assert seen == sorted(seen), f"the primary's weight went back: {seen}"
     journal = new.get("/api/v1/services/www?journal=100").json()["journal"]  # type: ignore[union-attr]
     assert sum(1 for e in journal if e["kind"] == "failover") == 1, journal
+
+
+RECONCILE_INTERVAL = 2.0  # tests/service.py's Deployment
+
+
+def test_sigstop_past_the_lease_then_sigcont_writes_nothing(cluster: ClusterDeployment) -> None:
+    old = cluster.wait_leader()
+    wait_until(lambda: cluster.weights() == PRIMARY_ONLY, timeout=30, what="initial answers")
+    old.signal(signal.SIGSTOP)
+    survivors = [i for i in cluster.instances if i is not old]
+    new = cluster.wait_leader(survivors, timeout=LEASE_TTL + 10)
+    response = new.post("/api/v1/services/www/failover", {"to": "dr", "reason": "drill"})
+    assert response.status_code == 200, response.text
+    wait_until(lambda: cluster.weights() == DR_ONLY, timeout=15, what="operator failover")
+    old.signal(signal.SIGCONT)
+    watch = ShareWatch(cluster)
+    # The paused leader wakes with its timers overdue and an old idea of the state; it must
+    # see its lease gone and follow.
+    wait_until(
+        lambda: (v := old.cluster()) is not None and v["leader"] == new.name and not v["leading"],
+        timeout=LEASE_TTL + 10,
+        what="the old leader to follow",
+    )
+    deadline = time.monotonic() + 3 * RECONCILE_INTERVAL
+    wait_until(lambda: time.monotonic() >= deadline, timeout=3 * RECONCILE_INTERVAL + 5)
+    seen = watch.stop()
+    assert seen and set(seen) == {0}, f"the primary's weight moved after SIGCONT: {seen}"
+    assert cluster.weights() == DR_ONLY
+    assert "apply provider=" not in old.output().split("leader_lost")[-1]
