@@ -25,7 +25,7 @@ from typing import Any
 from trafficflip.backend.provider import Provider
 from trafficflip.cluster.election import Election, Leadership
 from trafficflip.cluster.engine import ClusterEngine
-from trafficflip.cluster.etcd import EtcdClient, EtcdError, put_op
+from trafficflip.cluster.etcd import REQUEST_TIMEOUT, EtcdClient, EtcdError, put_op
 from trafficflip.cluster.store import EtcdStateStore
 from trafficflip.cluster.vote import FRESH_INTERVALS, MemberView, Verdict, Vote, tally
 from trafficflip.config.loader import Config
@@ -301,7 +301,10 @@ def _client(cluster: ClusterConfig) -> EtcdClient:
         verify = str(cluster.tls.ca) if cluster.tls.ca else True
         if cluster.tls.cert and cluster.tls.key:
             cert = (str(cluster.tls.cert), str(cluster.tls.key))
-    return EtcdClient(cluster.etcd, auth=auth, verify=verify, cert=cert)
+    # A third of the TTL: a keepalive that hangs (a member without quorum holds requests)
+    # is given up in time for the next one, and a stuck call blocks the loop that long at most.
+    timeout = min(REQUEST_TIMEOUT, cluster.lease_ttl / 3)
+    return EtcdClient(cluster.etcd, auth=auth, verify=verify, cert=cert, timeout=timeout)
 
 
 async def start_cluster(
