@@ -148,6 +148,17 @@ class EtcdClient:
             body["sort_order"], body["sort_target"] = "DESCEND", "KEY"
         return [_kv(raw) for raw in self.call("/v3/kv/range", body).get("kvs", ())]
 
+    def changes(self, prefix: str, after: int) -> tuple[list[KeyValue], int]:
+        """Key-values under ``prefix`` modified after revision ``after`` (all with 0), and the
+        revision they were read at: pass it back as ``after`` next time. Deletions are not
+        seen; the caller learns of them otherwise (a member's heartbeat key is gone)."""
+        body: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+        if after:
+            body["min_mod_revision"] = str(after + 1)
+        answer = self.call("/v3/kv/range", body)
+        kvs = [_kv(raw) for raw in answer.get("kvs", ())]
+        return kvs, _int(answer["header"].get("revision"))
+
     def count(self, prefix: str) -> int:
         body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "count_only": True}
         return _int(self.call("/v3/kv/range", body).get("count"))

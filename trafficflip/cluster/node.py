@@ -84,6 +84,9 @@ class ClusterNode:
         self._led = False
         self._dirty: set[str] = set(self.ids)
         self._published_lease = 0
+        self._verdicts: dict[str, dict[str, Verdict]] = {}
+        self._read_revision = 0
+        self._last_full_read = 0.0
         self._last_heartbeat = 0.0
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -238,19 +241,31 @@ class ClusterNode:
         )
 
     def _read_members(self) -> list[MemberView]:
+        """Every live member with its verdicts. Verdicts are read incrementally (only keys
+        changed since the last read); a full read once per heartbeat catches anything missed."""
         seen = {
             kv.key.rsplit("/", 1)[1]: float(json.loads(kv.value)["at"])
             for kv in self.client.range(self._key("members", ""), prefix=True)
         }
-        verdicts: dict[str, dict[str, Verdict]] = {name: {} for name in seen}
-        for kv in self.client.range(self._key("verdicts", ""), prefix=True):
+        now = time.monotonic()
+        full = now - self._last_full_read >= self.heartbeat
+        changed, revision = self.client.changes(
+            self._key("verdicts", ""), 0 if full else self._read_revision
+        )
+        if full:
+            self._verdicts, self._last_full_read = {}, now
+        for kv in changed:
             member, check = kv.key.rsplit("/", 2)[1:]
             raw = json.loads(kv.value)
-            if member in verdicts:
-                verdicts[member][check] = Verdict(
-                    Status(raw["status"]), raw["since"], raw["reason"]
-                )
-        return [MemberView(name, at, verdicts[name]) for name, at in sorted(seen.items())]
+            verdict = Verdict(Status(raw["status"]), raw["since"], raw["reason"])
+            self._verdicts.setdefault(member, {})[check] = verdict
+        # A member whose lease went took its verdicts along: forget them too.
+        self._verdicts = {m: v for m, v in self._verdicts.items() if m in seen}
+        self._read_revision = revision
+        return [
+            MemberView(name, at, dict(self._verdicts.get(name, {})))
+            for name, at in sorted(seen.items())
+        ]
 
     def _apply_votes(self) -> None:
         votes, isolated = tally(
