@@ -92,6 +92,7 @@ def test_sigkill_of_the_leader_mid_ramp(cluster: ClusterDeployment) -> None:
     survivors = [i for i in cluster.instances if i is not leader]
     new = cluster.wait_leader(survivors, timeout=LEASE_TTL + 2 + 5)
     took = time.monotonic() - killed_at
+    print(f"new leader {new.name} {took:.2f}s after SIGKILL of {leader.name}")
     wait_until(lambda: cluster.weights() == PRIMARY_ONLY, timeout=30, what="ramp completes")
     seen = watch.stop()
     assert new is not leader
