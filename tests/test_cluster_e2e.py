@@ -50,6 +50,10 @@ def test_one_leader_agreed_by_all_writes_the_answers(cluster: ClusterDeployment)
     followers = [i for i in cluster.instances if i is not leader]
     assert not any(i.cluster()["leading"] for i in followers)  # type: ignore[index]
     assert cluster.leader() is leader
+    metrics = leader.get("/metrics").text  # type: ignore[union-attr]
+    assert f'trafficflip_cluster_leader{{name="{leader.name}"}} 1.0' in metrics
+    assert 'trafficflip_cluster_members{state="fresh"} 3.0' in metrics
+    assert "trafficflip_cluster_fencing_refusals_total 0.0" in metrics
     journal = leader.get("/api/v1/services/www?journal=50").json()["journal"]  # type: ignore[union-attr]
     assert [e["kind"] for e in journal if e["kind"] in ("initial", "all_down")] == ["initial"]
 

@@ -108,6 +108,7 @@ class Election:
                 return
             log.warning("lease_expired name=%s lease=%x", self.name, self.lease)
             self._lose("lease expired")
+            self.lease = 0
         self.lease = self.client.grant(self.ttl)
         self.deadline = sent + self.ttl
 
@@ -138,7 +139,6 @@ class Election:
         if self.revision:
             log.warning("leader_lost name=%s reason=%r", self.name, reason)
         self.revision = 0
-        self.lease = 0 if reason == "lease expired" else self.lease
         self.leader = None
 
     async def run(self, stop: asyncio.Event, on_step: Callable[[Leadership], None]) -> None:
