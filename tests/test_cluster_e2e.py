@@ -56,6 +56,12 @@ def test_one_leader_agreed_by_all_writes_the_answers(cluster: ClusterDeployment)
     assert "trafficflip_cluster_fencing_refusals_total 0.0" in metrics
     journal = leader.get("/api/v1/services/www?journal=50").json()["journal"]  # type: ignore[union-attr]
     assert [e["kind"] for e in journal if e["kind"] in ("initial", "all_down")] == ["initial"]
+    # An operator command on a follower's API lands in etcd; the leader carries it out.
+    response = followers[0].post("/api/v1/services/www/failover", {"to": "dr"})
+    assert response.status_code == 200 and response.json()["result"].startswith("ok"), response.text
+    wait_until(lambda: cluster.weights() == DR_ONLY, timeout=15, what="the leader to take it")
+    refused = followers[0].post("/api/v1/services/www/failover", {"to": "nowhere"})
+    assert refused.status_code == 409, refused.text
 
 
 class ShareWatch:

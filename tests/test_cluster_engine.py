@@ -101,3 +101,16 @@ async def test_a_new_leader_takes_the_stored_state() -> None:
     rig.store.save("www", stored, [])
     rig.engine.reload()
     assert rig.engine.states["www"] == stored
+
+
+async def test_a_follower_validates_commands_and_leaves_them_to_the_leader() -> None:
+    rig = Rig()
+    good = rig.store.submit("www", "failover", {"to": "dr"}, "api:ops")
+    bad = rig.store.submit("www", "failover", {"to": "nowhere"}, "api:ops")
+    results = rig.engine.take_commands()
+    assert results[good] == "ok: queued for the leader"
+    assert results[bad].startswith("error: service www has no site 'nowhere'")
+    assert [c.id for c in rig.store.pending()] == [good, bad]  # still there for the leader
+    rig.leading = True
+    assert rig.engine.take_commands()[good] == "ok"
+    assert rig.store.pending() == []

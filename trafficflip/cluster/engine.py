@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping
 from trafficflip.backend.provider import Provider
 from trafficflip.cluster.fencing import fenced
 from trafficflip.config.loader import Config
+from trafficflip.decision.commands import CommandError, apply_command
 from trafficflip.decision.health import CheckHealth
 from trafficflip.decision.model import ProbeResult, ServiceState
 from trafficflip.decision.plan import Plan
 from trafficflip.errors import ProviderError
 from trafficflip.runtime.engine import Engine
-from trafficflip.runtime.state import StateStore
+from trafficflip.runtime.state import Command, StateStore
 
 
 class ClusterEngine(Engine):
@@ -97,6 +98,18 @@ class ClusterEngine(Engine):
             status.last_success = self.clock()
 
     def take_commands(self) -> dict[int, str]:
-        if not self.leading():
-            return {}
-        return super().take_commands()
+        """The leader takes every pending command. A follower takes none: it answers for each
+        whether it is valid, and leaves it in the store for the leader's next tick."""
+        if self.leading():
+            return super().take_commands()
+        return {command.id: self._queued(command) for command in self.store.pending()}
+
+    def _queued(self, command: Command) -> str:
+        runtime = self.services.get(command.service)
+        if runtime is None:
+            return f"error: unknown service {command.service!r}"
+        try:
+            apply_command(runtime.config, self.states[command.service], command.name, command.args)
+        except CommandError as exc:
+            return f"error: {exc}"
+        return "ok: queued for the leader"
