@@ -35,6 +35,7 @@ LEASE_TTL = 3.0
 NAMES = ("edge-a", "edge-b", "edge-c")
 FIRST_UID = 64000
 PRIMARY_ADDRESS = "127.0.0.2"
+DR_ADDRESS = "127.0.0.3"
 
 
 class Instance:
@@ -110,10 +111,12 @@ class ClusterDeployment:
     ) -> None:  # fmt: skip
         self.etcd = EtcdCluster(tmp_path / "etcd")
         self.deployment = Deployment(tmp_path, moto, steps=steps, step_duration=step_duration)
-        # The primary on its own loopback address, so iptables can cut a vantage off from it
-        # and from nothing else (etcd, moto and the other site stay on 127.0.0.1).
+        # Each site on its own loopback address, so iptables can cut a vantage off from it
+        # and from nothing else (etcd and moto stay on 127.0.0.1).
         self.deployment.primary.stop()
         self.deployment.primary = HttpSite(PRIMARY_ADDRESS).start()
+        self.deployment.dr.stop()
+        self.deployment.dr = HttpSite(DR_ADDRESS).start()
         data = self.deployment.config_data(steps, step_duration)
         self.deployment.config.write_text(yaml.safe_dump(data))
         self.config = self.deployment.config
