@@ -110,7 +110,11 @@ class ClusterDeployment:
         as_uid: bool = False,
     ) -> None:  # fmt: skip
         self.etcd = EtcdCluster(tmp_path / "etcd")
-        self.deployment = Deployment(tmp_path, moto, steps=steps, step_duration=step_duration)
+        try:
+            self.deployment = Deployment(tmp_path, moto, steps=steps, step_duration=step_duration)
+        except BaseException:
+            self.etcd.stop()
+            raise
         # Each site on its own loopback address, so iptables can cut a vantage off from it
         # and from nothing else (etcd and moto stay on 127.0.0.1).
         self.deployment.primary.stop()

@@ -16,6 +16,7 @@ import pytest
 from tests.support import Process, free_port, wait_until
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+START_ATTEMPTS = 3
 
 
 def require_etcd() -> None:
@@ -79,12 +80,34 @@ class EtcdCluster:
 
     def __init__(self, root: Path, size: int = 3) -> None:
         require_etcd()
+        self.members: list[Member] = []
+        self.initial = ""
+        for attempt in range(START_ATTEMPTS):
+            if self._start(root / f"try{attempt}", size):
+                return
+        raise AssertionError(f"etcd did not start in {START_ATTEMPTS} attempts; see {root}")
+
+    def _start(self, root: Path, size: int) -> bool:
+        """Start every member; False (all stopped) when one could not bind its ports: a free
+        port picked here may be taken by another process before etcd binds it."""
         root.mkdir(parents=True, exist_ok=True)
         self.members = [Member(f"m{i}", root) for i in range(1, size + 1)]
         self.initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:
             member.start(self.initial, "new")
-        wait_until(self.healthy, timeout=30, what="etcd cluster healthy")
+        try:
+            wait_until(self._up_or_dead, timeout=30, what="etcd cluster healthy")
+        except BaseException:
+            self.stop()
+            raise
+        if self.healthy():
+            return True
+        self.stop()
+        return False
+
+    def _up_or_dead(self) -> bool:
+        dead = any(m.process is None or not m.process.alive() for m in self.members)
+        return dead or self.healthy()
 
     @property
     def endpoints(self) -> list[str]:
