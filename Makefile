@@ -4,11 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests run for real (installed only when missing and root).
 # podman, runc and debootstrap build and run the image (tests/test_container.py); faketime
-# steps a running service's wall clock; prometheus brings promtool for the alert rule tests.
+# steps a running service's wall clock; prometheus brings promtool for the alert rule tests;
+# etcd-server and iptables run the cluster tests.
 SYSTEM_PACKAGES := bind9 bind9-utils bind9-dnsutils haproxy chromium podman runc debootstrap \
-	faketime prometheus
+	faketime prometheus etcd-server iptables
 SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium \
-	/usr/bin/podman /usr/sbin/runc /usr/sbin/debootstrap /usr/bin/faketime /usr/bin/promtool
+	/usr/bin/podman /usr/sbin/runc /usr/sbin/debootstrap /usr/bin/faketime /usr/bin/promtool \
+	/usr/bin/etcd /usr/sbin/iptables
 
 .PHONY: demo test lint bench system-packages image clean
 

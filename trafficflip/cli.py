@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -58,9 +58,13 @@ from trafficflip.runtime.state import (
     SqliteStateStore,
     StateLock,
     StateLocked,
+    StateStore,
     open_store,
     open_store_read_only,
 )
+
+if TYPE_CHECKING:
+    from trafficflip.cluster.store import EtcdStateStore
 
 EXIT_CONFIG = 2
 # Extra probes a preview may spend on inconclusive results before it reports a check undecided.
@@ -98,7 +102,8 @@ async def _live_problems(config: Config) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(config.settings.log_level, config.settings.log_format)
-    lock = StateLock(config.settings.state)
+    # One run per state file; in cluster mode the state is etcd's and the leader is elected.
+    lock = StateLock("sqlite://" if config.settings.cluster else config.settings.state)
     try:
         lock.acquire()
     except StateLocked as exc:
@@ -120,11 +125,21 @@ async def serve(config: Config, path: str | None = None) -> None:
 
     api_config = config.settings.api
     tokens = load_tokens(api_config)  # a bad tokens file is a ConfigError before anything runs
-    store = open_store(config.settings.state)
-    engine = Engine(
-        config.services, store, build_providers(config), retention=config.settings.journal
-    )
+    node = None
+    store: StateStore
+    engine: Engine
     settings = config.settings
+    if settings.cluster is not None:
+        from trafficflip.cluster import api as cluster_api
+        from trafficflip.cluster.node import start_cluster
+
+        node, engine = await start_cluster(config, settings.cluster, build_providers(config))
+        store = node.store
+    else:
+        store = open_store(settings.state)
+        engine = Engine(
+            config.services, store, build_providers(config), retention=settings.journal
+        )
     runner = Runner(
         engine,
         Prober(),
@@ -134,6 +149,9 @@ async def serve(config: Config, path: str | None = None) -> None:
         log_format=settings.log_format,
     )
     metrics = Metrics(engine, runner)
+    if node is not None:
+        runner.components.insert(0, node)
+        cluster_api.register_metrics(metrics.registry, node)
     runner.components.append(Notifier(config.settings.notify, engine, counted=metrics.notified))
     reloader = Reloader(
         path,
@@ -144,6 +162,8 @@ async def serve(config: Config, path: str | None = None) -> None:
     )
     if api_config.enabled:
         app = create_app(engine, runner, metrics, tokens, api_config, reload=reloader.reload)
+        if node is not None:
+            cluster_api.cluster_routes(app, node)
         runner.components.append(ApiServer(app, api_config.listen))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -350,7 +370,7 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
         if args.service not in {s.name for s in config.services}:
             print(f"unknown service {args.service!r}", file=sys.stderr)
             return EXIT_CONFIG
-        store = open_store(config.settings.state)
+        store = _command_store(config)
         command_id = store.submit(args.service, spec.name, payload, source="cli")
         text = _wait_for_result(store, command_id, args.wait)
         store.close()
@@ -364,7 +384,17 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-def _wait_for_result(store: SqliteStateStore, command_id: int, wait: float) -> str | None:
+def _command_store(config: Config) -> SqliteStateStore | EtcdStateStore:
+    if config.settings.cluster is not None:
+        from trafficflip.cluster.node import open_command_store
+
+        return open_command_store(config.settings.cluster)
+    return open_store(config.settings.state)
+
+
+def _wait_for_result(
+    store: SqliteStateStore | EtcdStateStore, command_id: int, wait: float
+) -> str | None:
     deadline = time.monotonic() + wait
     while True:
         result = store.command_result(command_id)

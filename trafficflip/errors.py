@@ -84,3 +84,8 @@ class UnsafePlanError(TrafficflipError):
 class CommandError(TrafficflipError):
     """An operator command cannot apply (an unknown command or site, a malformed reason);
     it is rejected and nothing changes."""
+
+
+class NotLeaderError(UnsafePlanError):
+    """Cluster mode: this instance does not hold the leadership (its lease ran out or another
+    instance was elected), so its write is refused. Never retried by this instance."""

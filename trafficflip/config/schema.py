@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import ipaddress
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -22,7 +23,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from trafficflip.config.durations import Duration
 from trafficflip.events import NOTIFIED, EventKind
@@ -349,6 +355,73 @@ class JournalConfig(Strict):
     max_entries: Annotated[int, Field(ge=1000)] = 250_000
 
 
+class EtcdTls(Strict):
+    """TLS to etcd: a CA bundle, and a client certificate with its key."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+class ClusterConfig(Strict):
+    """Cluster mode (``TRAFFICFLIP_CLUSTER__*``): instances on etcd, one leader, a vote."""
+
+    # NoDecode: the environment gives a comma-separated list, not JSON.
+    etcd: Annotated[list[str], NoDecode]
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)] = Field(
+        default_factory=lambda: socket.gethostname().split(".")[0] or "trafficflip"
+    )
+    prefix: str = "/trafficflip"
+    lease_ttl: Duration = 10.0
+    quorum: Literal["majority", "all", "any"] | Annotated[int, Field(ge=1)] = "majority"
+    tls: EtcdTls | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @field_validator("etcd", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # TRAFFICFLIP_CLUSTER__ETCD=http://a:2379,http://b:2379
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("quorum", mode="before")
+    @classmethod
+    def _quorum(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if value in ("majority", "all", "any") or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
+            return value
+        raise ValueError(f"invalid quorum {value!r}: use majority, all, any or an integer k >= 1")
+
+    @field_validator("etcd")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        if not urls:
+            raise ValueError("at least one etcd member URL")
+        for url in urls:
+            if not re.fullmatch(r"https?://[^/\s]+/?", url):
+                raise ValueError(f"invalid etcd URL {url!r}: use http(s)://host:port")
+        return urls
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _ttl(cls, ttl: float) -> float:
+        if ttl < 2:
+            raise ValueError("at least 2s")
+        return ttl
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", prefix):
+            raise ValueError(f"invalid prefix {prefix!r}: use /name or /name/sub")
+        return prefix
+
+
 class Settings(BaseSettings):
     """The whole configuration. Environment variables override the YAML file."""
 
@@ -373,6 +446,9 @@ class Settings(BaseSettings):
     api: ApiConfig = ApiConfig()
     notify: list[NotifyTarget] = []
     journal: JournalConfig = JournalConfig()
+
+
+    cluster: ClusterConfig | None = None
 
     @field_validator("notify")
     @classmethod

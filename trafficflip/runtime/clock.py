@@ -35,5 +35,9 @@ class Clock:
         """A monotonic ``moment`` as epoch seconds, as the wall clock reads now."""
         return self._wall() - (self._monotonic() - moment)
 
+    def from_wall(self, wall: float) -> float:
+        """Epoch seconds (from another host, or the disk) as a moment on this monotonic clock."""
+        return self._monotonic() - (self._wall() - wall)
+
     def __call__(self) -> float:
         return self.now()

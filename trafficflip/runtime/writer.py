@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from trafficflip.config.schema import JournalConfig
 from trafficflip.decision.model import JournalEntry, ServiceState
+from trafficflip.errors import NotLeaderError
 from trafficflip.runtime.retry import backoff_delay
 from trafficflip.runtime.state import ChangeRecord, StateStore, WriteBatch
 
@@ -139,6 +140,13 @@ class StateWriter:
                 if time.monotonic() - last_prune >= PRUNE_EVERY:
                     last_prune = time.monotonic()
                     self._prune(db)
+            except NotLeaderError as exc:
+                # A deposed leader's writes must never land later: dropped, not retried.
+                log.error("store_write_dropped reason=%s services=%d", exc, len(batch.states))
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+                continue
             except Exception as exc:  # any store failure: keep everything, say so, retry
                 failures += 1
                 with self._cond:

@@ -1,0 +1,1 @@
+"""Cluster mode: several trafficflip instances on etcd, one leader, a multi-vantage vote."""

@@ -1,0 +1,345 @@
+"""One instance of a cluster: the election, this vantage's verdicts, the vote, the engine.
+
+Keys under the prefix besides the store's (see ``cluster/store.py``)::
+
+    leader                  the leader's name, bound to its lease (``election.py``)
+    members/NAME            this instance's heartbeat {"at": wall time}, bound to its lease
+    verdicts/NAME/CHECK     its verdict on one check {"status", "since", "reason"}, same lease
+
+A verdict is written when this vantage's status of a check changes, and the heartbeat every
+``HEARTBEAT_TTLS`` lease TTLs: etcd write load follows changes, not probes. Every instance
+reads all verdicts, votes, and hands the voted health to its engine; only the leader's engine
+acts on it. When an instance's lease goes, etcd deletes its heartbeat and verdicts together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from trafficflip.backend.provider import Provider
+from trafficflip.cluster.election import Election, Leadership
+from trafficflip.cluster.engine import ClusterEngine
+from trafficflip.cluster.etcd import REQUEST_TIMEOUT, EtcdClient, EtcdError, put_op
+from trafficflip.cluster.store import EtcdStateStore
+from trafficflip.cluster.vote import FRESH_INTERVALS, MemberView, Verdict, Vote, tally
+from trafficflip.config.loader import Config
+from trafficflip.config.schema import ClusterConfig
+from trafficflip.decision.health import CheckHealth, observe
+from trafficflip.decision.model import ProbeResult, Status
+from trafficflip.runtime.clock import Clock
+from trafficflip.runtime.monitor import HealthMonitor
+
+log = logging.getLogger("trafficflip.cluster")
+HEARTBEAT_TTLS = 1.0
+# How often every instance reads the others' verdicts (a range read, not a raft write).
+READ_EVERY = 0.25
+# etcd's default limit on operations in one transaction.
+MAX_TXN_OPS = 128
+START_RETRY = 1.0
+
+
+def check_id(key: str) -> str:
+    """A short stable id of a probe job; every instance runs the same config."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ClusterCounters:
+    fencing_refusals: int = 0
+    published: int = 0
+    etcd_errors: int = 0
+
+
+class ClusterNode:
+    """Runs beside the scheduler (a ``Component``): ``start`` once etcd answered."""
+
+    def __init__(self, config: Config, cluster: ClusterConfig) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.name = cluster.name
+        self.prefix = cluster.prefix.rstrip("/")
+        self.client = _client(cluster)
+        # The engine's store calls come from the event loop, the election's from a thread:
+        # a client each, so neither waits on the other's connection.
+        self.store_client = _client(cluster)
+        self.election = Election(self.client, self.prefix, self.name, cluster.lease_ttl)
+        self.store = EtcdStateStore(
+            self.store_client, self.prefix, self.election.fence, etcd_problem=self.etcd_problem
+        )
+        self.local = HealthMonitor(config.services)
+        self.ids = {key: check_id(key) for key in self.local.jobs}
+        intervals = [job.health.interval for job in self.local.jobs.values()]
+        self.heartbeat = cluster.lease_ttl * HEARTBEAT_TTLS
+        self.window = FRESH_INTERVALS * max([self.heartbeat, *intervals])
+        self.engine: ClusterEngine | None = None
+        self.counters = ClusterCounters()
+        self.members: list[MemberView] = []
+        self.isolated: set[str] = set()
+        self.votes: dict[str, Vote] = {}
+        self._led = False
+        self._dirty: set[str] = set(self.ids)
+        self._published_lease = 0
+        self._verdicts: dict[str, dict[str, Verdict]] = {}
+        self._read_revision = 0
+        self._last_full_read = 0.0
+        self._last_heartbeat = 0.0
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def build_engine(self, providers: dict[str, Provider]) -> ClusterEngine:
+        """The engine for this instance: voted health in, provider writes fenced."""
+        self.engine = ClusterEngine(
+            self.config.services,
+            self.store,
+            providers,
+            leading=self.leading,
+            may_write=self.election.is_leader,
+            observed=self.observe,
+            refused=self._refused,
+        )
+        return self.engine
+
+    async def connect(self) -> None:
+        """Wait until etcd answers (logging each failure), so the engine can load state."""
+        while True:
+            step = await asyncio.to_thread(self.election.step)
+            if step.etcd_ok:
+                return
+            self.counters.etcd_errors += 1
+            await asyncio.sleep(START_RETRY)
+
+    def leading(self) -> bool:
+        """True while this instance leads and has taken over the stored state."""
+        return self._led and self.election.is_leader(0.0)
+
+    def etcd_problem(self) -> str | None:
+        return None if self.election.etcd_ok else f"etcd unavailable: {self.election.error}"
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why this instance is not ready, for ``/readyz``: etcd lost or no leader known."""
+        if not self.election.etcd_ok:
+            return [f"cluster: etcd unavailable (no quorum?): {self.election.error}"]
+        if self.election.leader is None:
+            return ["cluster: no leader elected"]
+        return []
+
+    # -- this vantage point ------------------------------------------------------------------
+
+    def observe(self, key: str, result: ProbeResult) -> None:
+        """Fold a probe into this vantage's verdict; publish soon if the status moved."""
+        health = self.local.jobs[key].health
+        before = self.local.checks[key]
+        after = observe(before, result, rise=health.rise, fall=health.fall)
+        self.local.checks[key] = after
+        if after.status is not before.status:
+            self._dirty.add(key)
+            self._wake.set()
+        elif self.engine is not None:
+            # Start-up progress (probes counted) reaches the engine without a publish.
+            self.engine.set_check_health(key, self.voted_health(key))
+
+    def verdict(self, key: str) -> Verdict:
+        check = self.local.checks[key]
+        return Verdict(check.status, check.since, check.reason)
+
+    # Verdicts travel with wall-clock ``since`` (another host's monotonic clock means nothing
+    # here) and are taken back onto this host's monotonic clock when read.
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await asyncio.to_thread(self.election.resign)
+        self.client.close()
+        self.store_client.close()
+
+    async def _run(self) -> None:
+        next_step = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_step:
+                next_step = time.monotonic() + self.election.period
+                self._stepped(await asyncio.to_thread(self.election.step))
+            if self.election.etcd_ok:
+                try:
+                    await asyncio.to_thread(self._exchange)
+                except EtcdError as exc:
+                    self.counters.etcd_errors += 1
+                    log.warning("cluster_exchange_failed name=%s error=%s", self.name, exc)
+                else:
+                    self._apply_votes()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=READ_EVERY)
+            except TimeoutError:
+                pass
+
+    def _stepped(self, step: Leadership) -> None:
+        if step.leading and not self._led:
+            self._take_over()
+        elif not step.leading and self._led:
+            self._led = False
+            log.warning("follower name=%s leader=%s", self.name, step.leader)
+
+    def _take_over(self) -> None:
+        assert self.engine is not None
+        try:
+            self.engine.take_over()
+        except EtcdError as exc:
+            log.error("takeover_failed name=%s error=%s", self.name, exc)
+            return
+        self._led = True
+        log.warning("leading name=%s services=%d", self.name, len(self.engine.services))
+        for name in self.engine.services:
+            self.engine.request(name)
+
+    def _exchange(self) -> None:
+        """Publish what changed (and the heartbeat when due); read every member's verdicts."""
+        self._publish()
+        self.members = self._read_members()
+
+    def _publish(self) -> None:
+        lease = self.election.lease
+        if not lease:
+            return
+        if lease != self._published_lease:
+            self._dirty = set(self.ids)  # a new lease: the old verdicts went with the old one
+        dirty, self._dirty = self._dirty, set()
+        ops = [self._verdict_op(key, lease) for key in dirty]
+        now = time.monotonic()
+        if ops or now - self._last_heartbeat >= self.heartbeat or lease != self._published_lease:
+            ops.append(
+                put_op(
+                    self._key("members", self.name), json.dumps({"at": time.time()}).encode(), lease
+                )
+            )
+            self._last_heartbeat = now
+        try:
+            for start in range(0, len(ops), MAX_TXN_OPS):
+                self.client.txn([], ops[start : start + MAX_TXN_OPS])
+        except EtcdError:
+            self._dirty |= dirty
+            raise
+        self._published_lease = lease
+        self.counters.published += len(ops)
+
+    def _verdict_op(self, key: str, lease: int) -> dict[str, Any]:
+        verdict = self.verdict(key)
+        since = None if verdict.since is None else _CLOCK.to_wall(verdict.since)
+        value = {"status": verdict.status.value, "since": since, "reason": verdict.reason}
+        return put_op(
+            self._key("verdicts", self.name, self.ids[key]), json.dumps(value).encode(), lease
+        )
+
+    def _read_members(self) -> list[MemberView]:
+        """Every live member with its verdicts. Verdicts are read incrementally (only keys
+        changed since the last read); a full read once per heartbeat catches anything missed."""
+        seen = {
+            kv.key.rsplit("/", 1)[1]: float(json.loads(kv.value)["at"])
+            for kv in self.client.range(self._key("members", ""), prefix=True)
+        }
+        now = time.monotonic()
+        full = now - self._last_full_read >= self.heartbeat
+        changed, revision = self.client.changes(
+            self._key("verdicts", ""), 0 if full else self._read_revision
+        )
+        if full:
+            self._verdicts, self._last_full_read = {}, now
+        for kv in changed:
+            member, check = kv.key.rsplit("/", 2)[1:]
+            raw = json.loads(kv.value)
+            since = None if raw["since"] is None else _CLOCK.from_wall(raw["since"])
+            verdict = Verdict(Status(raw["status"]), since, raw["reason"])
+            self._verdicts.setdefault(member, {})[check] = verdict
+        # A member whose lease went took its verdicts along: forget them too.
+        self._verdicts = {m: v for m, v in self._verdicts.items() if m in seen}
+        self._read_revision = revision
+        return [
+            MemberView(name, at, dict(self._verdicts.get(name, {})))
+            for name, at in sorted(seen.items())
+        ]
+
+    def _apply_votes(self) -> None:
+        votes, isolated = tally(
+            list(self.ids.values()), self.members, self.cluster.quorum, time.time(), self.window
+        )
+        if isolated != self.isolated:
+            log.warning("isolated members=%s", ",".join(sorted(isolated)) or "none")
+        self.votes, self.isolated = votes, isolated
+        if self.engine is None:
+            return
+        for key in self.ids:
+            self.engine.set_check_health(key, self.voted_health(key))
+
+    def voted_health(self, key: str) -> CheckHealth:
+        """The check's health for decisions: the vote's status on this vantage's counters.
+
+        Start-up ends for a check (``settled``) when its vote is decided, or when every
+        counted member has a decided verdict and the vote is still split; never on this
+        vantage's probe count alone, or a leader that read no votes yet would see every
+        site unknown, call it settled, and decide all_down.
+        """
+        local = self.local.checks[key]
+        voted = self.votes.get(self.ids[key])
+        if voted is None:
+            return replace(local, status=Status.UNKNOWN, since=None, probes=0)
+        decided = voted.status is not Status.UNKNOWN or (
+            bool(voted.votes) and all(s is not Status.UNKNOWN for s in voted.votes.values())
+        )
+        since = voted.since if voted.since is not None else local.since
+        probes = local.probes if decided else 0
+        return replace(local, status=voted.status, since=since, probes=probes)
+
+    def _refused(self) -> None:
+        self.counters.fencing_refusals += 1
+
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.prefix, *parts])
+
+
+_CLOCK = Clock()
+
+
+def _client(cluster: ClusterConfig) -> EtcdClient:
+    auth = None
+    if cluster.username is not None:
+        password = cluster.password.get_secret_value() if cluster.password else ""
+        auth = (cluster.username, password)
+    verify: str | bool = True
+    cert = None
+    if cluster.tls is not None:
+        verify = str(cluster.tls.ca) if cluster.tls.ca else True
+        if cluster.tls.cert and cluster.tls.key:
+            cert = (str(cluster.tls.cert), str(cluster.tls.key))
+    # A third of the TTL: a keepalive that hangs (a member without quorum holds requests)
+    # is given up in time for the next one, and a stuck call blocks the loop that long at most.
+    timeout = min(REQUEST_TIMEOUT, cluster.lease_ttl / 3)
+    return EtcdClient(cluster.etcd, auth=auth, verify=verify, cert=cert, timeout=timeout)
+
+
+async def start_cluster(
+    config: Config, cluster: ClusterConfig, providers: dict[str, Provider]
+) -> tuple[ClusterNode, ClusterEngine]:
+    """The node and its engine, once etcd answered (``trafficflip run`` with ``cluster``)."""
+    node = ClusterNode(config, cluster)
+    await node.connect()
+    return node, node.build_engine(providers)
+
+
+def open_command_store(cluster: ClusterConfig) -> EtcdStateStore:
+    """A store for submitting operator commands from the CLI (never a leader's writes)."""
+    return EtcdStateStore(_client(cluster), cluster.prefix, lambda: None, owns_client=True)

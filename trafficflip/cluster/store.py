@@ -1,0 +1,244 @@
+"""``EtcdStateStore``: the ``StateStore`` contract on etcd, with fenced writes.
+
+Keys under the cluster's prefix::
+
+    services/NAME     the service's ServiceState (JSON, wall-clock times)
+    changes/NAME      the last provider change (ChangeRecord)
+    commands/ID       an operator command waiting for the leader (any instance may submit)
+    results/ID        what the leader answered to a command
+    journal/ID        one journal entry; the oldest are trimmed past JOURNAL_KEEP
+
+Writes that decide traffic (``save``, ``complete``, ``record_change``) are transactions
+guarded by the election's fence: a deposed leader's write is refused by etcd, journaled as
+``fencing_refused`` (an unguarded append: a record of the refusal, not state), counted, and
+raised as ``NotLeaderError``. Appending to the journal and submitting commands need no
+leadership. While the election's last step could not reach etcd, every call fails at once
+with ``EtcdUnavailable`` instead of stalling the event loop on timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from trafficflip.cluster.etcd import Compare, EtcdClient, EtcdUnavailable, delete_op, put_op
+from trafficflip.decision.model import JournalEntry, ServiceState
+from trafficflip.errors import NotLeaderError
+from trafficflip.runtime.state import (
+    ChangeRecord,
+    Command,
+    WriteBatch,
+    state_from_json,
+    state_to_json,
+)
+
+log = logging.getLogger("trafficflip.cluster")
+JOURNAL_KEEP = 10000
+# etcd's default --max-txn-ops is 128: journal lines go in transactions of at most this many.
+TXN_OPS = 100
+# Trim the journal once per this many appends (a count is a range request, not free).
+TRIM_EVERY = 100
+
+
+class EtcdStateStore:
+    """Shared state for every instance of a cluster; only the leader's writes land."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        prefix: str,
+        fence: Callable[[], Compare | None],
+        *,
+        etcd_problem: Callable[[], str | None] = lambda: None,
+        journal_keep: int = JOURNAL_KEEP,
+        owns_client: bool = False,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix.rstrip("/")
+        self._fence = fence
+        self._problem = etcd_problem
+        self.journal_keep = journal_keep
+        self._owns_client = owns_client
+        self.refusals = 0
+        self._appends = 0
+        self._seq = 0
+
+    def _key(self, *parts: object) -> str:
+        return "/".join([self.prefix, *(str(p) for p in parts)])
+
+    # -- fenced writes -----------------------------------------------------------------------
+
+    def save(self, service: str, state: ServiceState, entries: Sequence[JournalEntry]) -> None:
+        ops = [put_op(self._key("services", service), state_to_json(state).encode())]
+        ops += [self._journal_op(e) for e in entries]
+        self._fenced(f"save service={service}", ops, service)
+        self._appends += len(entries)
+        self._trim()
+
+    def complete(self, command_id: int, result: str) -> None:
+        ops = [
+            delete_op(self._key("commands", _id(command_id))),
+            put_op(self._key("results", _id(command_id)), result.encode()),
+        ]
+        self._fenced(f"complete command={command_id}", ops, "")
+
+    def record_change(self, record: ChangeRecord) -> None:
+        value = json.dumps(asdict(record)).encode()
+        self._fenced(
+            f"record_change service={record.service}",
+            [put_op(self._key("changes", record.service), value)],
+            record.service,
+        )
+
+    def _fenced(self, what: str, ops: list[dict[str, Any]], service: str) -> None:
+        self._check_etcd()
+        fence = self._fence()
+        if fence is None or not self.client.txn([fence], ops).succeeded:
+            self.refusals += 1
+            log.error("fencing_refused %s: not the leader (lease lost or deposed)", what)
+            refusal = JournalEntry(
+                time.time(), service, "fencing_refused", f"{what}: not the leader", {}
+            )
+            try:
+                self.append([refusal])
+            except EtcdUnavailable:
+                pass  # logged and counted above; etcd will not take the record either
+            raise NotLeaderError(f"{what} refused: this instance is not the leader")
+
+    # -- the StateWriter's contract ---------------------------------------------------------
+
+    def write(self, batch: WriteBatch) -> None:
+        """A writer batch: each state fenced on its own, then journal lines, changes and
+        command results (etcd limits the operations of one transaction)."""
+        for service, state in batch.states.items():
+            self.save(service, state, [])
+        for start in range(0, len(batch.entries), TXN_OPS):
+            self.append(batch.entries[start : start + TXN_OPS])
+        for record in batch.changes.values():
+            self.record_change(record)
+        for command_id, result in batch.completed.items():
+            self.complete(command_id, result)
+
+    def touch(self) -> None:
+        """Readiness: etcd answers (the election's last step reached it)."""
+        self._check_etcd()
+
+    def prune(self, before: float, keep: int) -> int:
+        """The journal is trimmed by count as it is appended to (``journal_keep``)."""
+        return 0
+
+    def for_writer(self) -> EtcdStateStore:
+        """The writer thread shares this store: one httpx client, which is thread-safe."""
+        return self
+
+    # -- unfenced ------------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[JournalEntry]) -> None:
+        self._check_etcd()
+        if entries:
+            self.client.txn([], [self._journal_op(e) for e in entries])
+            self._appends += len(entries)
+            self._trim()
+
+    def submit(self, service: str, name: str, args: dict[str, Any], source: str) -> int:
+        self._check_etcd()
+        command_id = time.time_ns() // 1000
+        body = {"at": time.time(), "service": service, "name": name, "args": args, "source": source}
+        self.client.put(self._key("commands", _id(command_id)), json.dumps(body).encode())
+        return command_id
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def load(self, service: str) -> ServiceState | None:
+        self._check_etcd()
+        kv = self.client.get(self._key("services", service))
+        return state_from_json(kv.value.decode()) if kv else None
+
+    def journal(self, service: str | None = None, limit: int = 50) -> list[JournalEntry]:
+        self._check_etcd()
+        kvs = self.client.range(
+            self._key("journal", ""), prefix=True, descending=True, limit=0 if service else limit
+        )
+        entries = []
+        for kv in kvs:
+            raw = json.loads(kv.value)
+            if service is None or raw["service"] == service:
+                entries.append(
+                    JournalEntry(
+                        raw["at"], raw["service"], raw["kind"], raw["message"], raw["data"]
+                    )
+                )
+            if len(entries) >= limit:
+                break
+        return list(reversed(entries))
+
+    def pending(self) -> list[Command]:
+        self._check_etcd()
+        commands = []
+        for kv in self.client.range(self._key("commands", ""), prefix=True):
+            raw = json.loads(kv.value)
+            command_id = int(kv.key.rsplit("/", 1)[1])
+            commands.append(
+                Command(
+                    command_id, raw["at"], raw["service"], raw["name"], raw["args"], raw["source"]
+                )
+            )
+        return commands
+
+    def command_result(self, command_id: int) -> str | None:
+        kv = self.client.get(self._key("results", _id(command_id)))
+        return kv.value.decode() if kv else None
+
+    def last_change(self, service: str) -> ChangeRecord | None:
+        self._check_etcd()
+        kv = self.client.get(self._key("changes", service))
+        if kv is None:
+            return None
+        raw = json.loads(kv.value)
+        return ChangeRecord(
+            raw["service"],
+            raw["provider"],
+            tuple(raw["change_ids"]),
+            raw["submitted_at"],
+            raw["in_sync"],
+            raw["confirmed_at"],
+        )
+
+    def close(self) -> None:
+        """Close the client if this store owns it (the node closes its own)."""
+        if self._owns_client:
+            self.client.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _check_etcd(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise EtcdUnavailable(problem)
+
+    def _journal_op(self, entry: JournalEntry) -> dict[str, Any]:
+        # Microseconds since the epoch, zero-padded: keys sort by time; the suffix keeps two
+        # entries of one microsecond apart.
+        self._seq += 1
+        key = self._key("journal", f"{time.time_ns() // 1000:020d}-{self._seq % 1000:03d}")
+        return put_op(key, json.dumps(asdict(entry)).encode())
+
+    def _trim(self) -> None:
+        if self._appends < TRIM_EVERY:
+            return
+        self._appends = 0
+        prefix = self._key("journal", "")
+        excess = self.client.count(prefix) - self.journal_keep
+        if excess <= 0:
+            return
+        oldest = self.client.range(prefix, prefix=True, limit=excess, keys_only=True)
+        if oldest:
+            self.client.delete(oldest[0].key, end=oldest[-1].key + "\0")
+
+
+def _id(command_id: int) -> str:
+    return f"{command_id:020d}"
