@@ -7,7 +7,7 @@ from pathlib import Path
 from tests.fleet import Fleet
 from tests.support import MotoServer
 
-SERVICES, QUOTA, INTERVAL, FALL = 200, 2.0, 1.0, 2
+SERVICES, QUOTA, INTERVAL, FALL = 200, 2.0, 2.0, 2
 
 
 def test_a_fleet_fails_over_in_few_calls_without_throttling(

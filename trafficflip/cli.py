@@ -134,6 +134,7 @@ async def serve(config: Config, path: str | None = None) -> None:
         from trafficflip.cluster.node import start_cluster
 
         node, engine = await start_cluster(config, settings.cluster, build_providers(config))
+        engine.readiness.append(node.not_ready_reasons)
         store = node.store
     else:
         store = open_store(settings.state)

@@ -420,6 +420,8 @@ def not_ready(engine: Engine) -> list[str]:
             engine.store.journal(limit=1)
         except Exception as exc:  # whatever the backend raises, the store is not usable
             reasons.append(f"state store: {type(exc).__name__}: {exc}")
+    for extra in engine.readiness:
+        reasons += extra()
     used = {s.config.provider for s in engine.services.values()}
     for name, status in engine.provider_status.items():
         if name not in used:

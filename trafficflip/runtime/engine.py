@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from trafficflip.backend.provider import Provider
@@ -92,14 +92,17 @@ class Engine:
         self.syncs: dict[str, ProviderSync] = {}
         self.provider_status: dict[str, ProviderStatus] = {}
         self._wakeups: dict[str, asyncio.TimerHandle] = {}
+        # More reasons not to be ready, from components beside the engine (the cluster node).
+        self.readiness: list[Callable[[], list[str]]] = []
         self._site_status: dict[str, dict[str, Status]] = {}
         self._last_confirm = -CONFIRM_EVERY
         # Start-up: first decisions are held back until every service has its start-up
         # probes (or this deadline passes), so N services converge in a handful of calls
         # rather than one call per service as each finishes its rise probes.
-        self._starting_until: float | None = self.clock.now() + max(
-            (startup_time(s) for s in services), default=0.0
-        )
+        self._startup_budget = max((startup_time(s) for s in services), default=0.0)
+        self._starting_until: float | None = None  # set by the first tick: the timers run
+        self._started_up = False
+        self._unstarted = {s.name for s in services}
         self._set_providers(providers)
         for service in services:
             self._add(service)
@@ -243,19 +246,29 @@ class Engine:
 
     def _starting(self) -> bool:
         """True while start-up holds first decisions back; at its end, release them all."""
-        if self._starting_until is None:
+        if self._started_up:
             return False
-        pending = [n for n in self.services if not self.started(n)]
-        if pending and self.clock.now() < self._starting_until:
+        # Amortized O(1): a service leaves the set once, when it is first seen started.
+        while self._unstarted:
+            name = next(iter(self._unstarted))
+            if name in self.services and not self.started(name):
+                break
+            self._unstarted.discard(name)
+        deadline = self._starting_until
+        if self._unstarted and (deadline is None or self.clock.now() < deadline):
             return True
-        self._starting_until = None
-        log.info("startup_complete services=%d waited_for=%d", len(self.services), len(pending))
+        self._started_up = True
+        log.info(
+            "startup_complete services=%d not_started=%d", len(self.services), len(self._unstarted)
+        )
         for name in self.services:
             self._converge_soon(name)
         return False
 
     async def tick(self) -> None:
         """Take operator commands and let time-based decisions (stabilize, ramp steps) fire."""
+        if self._starting_until is None:
+            self._starting_until = self.clock.now() + self._startup_budget
         self.take_commands()
         for name in list(self.services):
             urgent = self.decide(name)
@@ -368,6 +381,8 @@ class Engine:
         self.take_commands()
         for name in self.services:
             self.decide(name)
+        if self._starting():
+            return  # first decisions go out together when start-up ends
         for provider, members in self._by_provider(self.services).items():
             ready = [n for n in members if self.states[n].shares is not None]
             self.syncs[provider].request(ready)
@@ -410,7 +425,7 @@ def startup_time(service: ServiceConfig) -> float:
     """How long a service's checks need to finish their start-up probes, with margin: the
     first probe comes within an interval (runs are spread), then ``rise`` of them."""
     health = service.health
-    return (max(health.rise, 1) + 1) * health.interval + health.timeout + 1.0
+    return 2 * ((max(health.rise, 1) + 1) * health.interval + health.timeout) + 1.0
 
 
 def _clock_time(wall: float) -> str:
