@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests run for real (installed only when missing and root).
-SYSTEM_PACKAGES := bind9 bind9-utils bind9-dnsutils haproxy chromium prometheus
-SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium /usr/bin/promtool
+# podman, runc and debootstrap build and run the image (tests/test_container.py); faketime
+# steps a running service's wall clock; promtool (prometheus) unit-tests the alert rules.
+SYSTEM_PACKAGES := bind9 bind9-utils bind9-dnsutils haproxy chromium podman runc debootstrap \
+	faketime prometheus
+SYSTEM_BINARIES := /usr/sbin/named /usr/bin/dig /usr/sbin/haproxy /usr/bin/chromium \
+	/usr/bin/podman /usr/sbin/runc /usr/sbin/debootstrap /usr/bin/faketime /usr/bin/promtool
 
-.PHONY: demo test lint bench system-packages clean
+.PHONY: demo test lint bench system-packages image clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,demo]'
 	touch $(BIN)/activate
 
 demo: $(BIN)/activate
@@ -25,9 +29,15 @@ system-packages:
 	  else echo "not root: tests that need $(SYSTEM_PACKAGES) will be skipped"; fi; \
 	fi
 
+# The container image, with podman (or docker); on a host that cannot pull the official
+# python image, on a local Debian base built once and kept (docs/container.md).
+image: system-packages
+	sh container/build-image.sh
+
 lint: $(BIN)/activate
 	$(BIN)/ruff check trafficflip providers tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(BIN)/activate system-packages lint
 	$(BIN)/pytest -q

@@ -161,7 +161,9 @@ def main() -> int:
         )
         store = open_store(config.settings.state)
         engine = Engine(
-            config, store, {n: s.cls.create(n, s.config) for n, s in config.providers.items()}
+            config.services,
+            store,
+            {n: s.cls.create(n, s.config) for n, s in config.providers.items()},
         )
         runner = Runner(engine, Prober(), reconcile_interval=30)
 

@@ -117,7 +117,7 @@ class Counter:
 
 async def measure(config: Config, args: argparse.Namespace) -> dict[str, float]:
     store = open_store(config.settings.state)
-    engine = Engine(config, store, {"mem": MemoryProvider()})
+    engine = Engine(config.services, store, {"mem": MemoryProvider()})
     runner = Runner(engine, Prober(), reconcile_interval=30)
     counter = Counter()
     observe = engine.observe

@@ -6,6 +6,9 @@ Not an adapter itself (it registers nothing); ``route53`` and ``elbv2`` import i
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import random
+import time
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -13,27 +16,34 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from trafficflip.backend.budget import CallBudget
 from trafficflip.errors import PermanentProviderError, TransientProviderError
 
 T = TypeVar("T")
-# Codes every AWS API uses for "slow down" or "try again"; adapters add their own.
-THROTTLING_CODES = frozenset(
+# Codes AWS APIs answer when a quota is exceeded: kind "throttled", with any retry-after.
+THROTTLED_CODES = frozenset(
     {
         "Throttling",
         "ThrottlingException",
         "RequestLimitExceeded",
-        "ServiceUnavailable",
-        "InternalError",
-        "InternalFailure",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "SlowDown",
     }
 )
+# Codes every AWS API uses for "try again"; adapters add their own.
+THROTTLING_CODES = THROTTLED_CODES | {"ServiceUnavailable", "InternalError", "InternalFailure"}
+# Without a retry-after, the budget holds about one quota period (AWS refills every second),
+# jittered so that several trafficflip processes sharing an account do not return together.
+THROTTLE_HOLD = (0.5, 1.5)
 
 
 def client(service: str, region: str, timeout: float) -> Any:
     """A boto3 client from the standard credential and endpoint chain."""
     config = botocore.config.Config(
-        # Backoff is ours (jittered, aware of adapter-specific codes), not botocore's.
-        retries={"total_max_attempts": 1},
+        # One attempt: botocore's retries would hide a throttling answer and spend the
+        # account's quota again; backoff and re-batching belong to the engine's provider sync.
+        retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=timeout,
         read_timeout=timeout,
     )
@@ -43,21 +53,48 @@ def client(service: str, region: str, timeout: float) -> Any:
 
 
 async def call(
-    label: str, fn: Callable[..., T], transient: Collection[str] = THROTTLING_CODES, **kwargs: Any
+    label: str,
+    budget: CallBudget,
+    fn: Callable[..., T],
+    transient: Collection[str] = THROTTLING_CODES,
+    **kwargs: Any,
 ) -> T:
-    """Run a blocking boto3 call in a thread; translate its errors at this edge.
+    """Spend the budget, run a blocking boto3 call in a thread; translate its errors here.
 
-    ``transient`` error codes and network errors become ``TransientProviderError``, any other
-    AWS error ``PermanentProviderError``, each with the code as ``kind`` and AWS's message.
+    A throttling answer becomes ``TransientProviderError(kind="throttled")`` with the
+    backend's retry-after, and holds the budget; other ``transient`` codes and network
+    errors become ``TransientProviderError``, any other AWS error ``PermanentProviderError``,
+    each with the code as ``kind`` and AWS's message.
     """
+    await budget.spend()
     try:
         return await asyncio.to_thread(fn, **kwargs)
     except botocore.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
         code, message = error.get("Code", "Unknown"), error.get("Message", str(exc))
         text = f"{label}: {code}: {message}"
+        meta = exc.response.get("ResponseMetadata", {})
+        if code in THROTTLED_CODES or meta.get("HTTPStatusCode") == 429:
+            retry_after = parse_retry_after(meta.get("HTTPHeaders", {}).get("retry-after"))
+            budget.hold(retry_after if retry_after is not None else random.uniform(*THROTTLE_HOLD))
+            raise TransientProviderError(text, kind="throttled", retry_after=retry_after) from exc
         if code in transient:
             raise TransientProviderError(text, kind=code) from exc
         raise PermanentProviderError(text, kind=code) from exc
     except (botocore.exceptions.BotoCoreError, OSError) as exc:
         raise TransientProviderError(f"{label}: {exc}", kind="network") from exc
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """An HTTP Retry-After (RFC 9110: seconds or an HTTP date) as seconds from now."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())

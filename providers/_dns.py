@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -53,7 +53,10 @@ HINTS = {
     "BADSIG": "the server rejected the signature (wrong secret or algorithm)",
     "BADKEY": "the server does not know this key name",
     "BADTIME": "the clocks of this host and the server differ too much",
-    "REFUSED": "the server does not allow this update or query (unsigned or wrong key?)",
+    "REFUSED": (
+        "the server does not allow this update or query: the zone's update-policy (or "
+        "allow-update) does not grant this key this name and type, or the key is wrong or missing"
+    ),
     "NOTAUTH": "the server is not authoritative for the zone or rejected the key",
     "NOTZONE": "a record is outside the zone the update names",
     "SERVFAIL": "the server failed to process the request (see its log)",
@@ -104,16 +107,32 @@ class Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+class SecretKey(dns.tsig.Key):
+    """A TSIG key whose ``repr`` leaves the secret out (dnspython's prints it in base64)."""
+
+    def __repr__(self) -> str:
+        return f"<TSIG key name='{self.name}' algorithm='{self.algorithm}' secret=**********>"
+
+    __str__ = __repr__
+
+
+Lookup = Callable[[str], Awaitable[str]]
+
+
 class DnsClient:
     """Sends one message over TCP, signed with the key, and returns the response.
 
     Library and network failures are translated here: no response is transient, a TSIG
     error from the peer is permanent. The response's rcode is the caller's to check.
+    ``timeout`` bounds the server's host name lookup and the exchange, each.
     """
 
-    def __init__(self, timeout: float, key: dns.tsig.Key | None) -> None:
+    def __init__(
+        self, timeout: float, key: dns.tsig.Key | None, lookup: Lookup | None = None
+    ) -> None:
         self.timeout = timeout
         self.key = key
+        self.lookup = lookup or resolve
 
     @property
     def key_name(self) -> str:
@@ -125,8 +144,8 @@ class DnsClient:
         if self.key is not None and sign:
             message.use_tsig(self.key)
         where = f"{what} server={endpoint} key={self.key_name if sign else '(none)'}"
+        host = await self._address(endpoint, where)
         try:
-            host = await resolve(endpoint.host)
             return await dns.asyncquery.tcp(message, host, timeout=self.timeout, port=endpoint.port)
         except (dns.exception.Timeout, OSError, EOFError) as exc:
             text = str(exc) or type(exc).__name__
@@ -139,6 +158,19 @@ class DnsClient:
             ) from exc
         except dns.exception.DNSException as exc:
             raise PermanentProviderError(f"rfc2136 {where}: {exc}", kind="FORMERR") from exc
+
+    async def _address(self, endpoint: Endpoint, where: str) -> str:
+        """The server's address; a lookup that hangs (a dead resolver) is cut at ``timeout``."""
+        try:
+            return await asyncio.wait_for(self.lookup(endpoint.host), self.timeout)
+        except TimeoutError:
+            raise TransientProviderError(
+                f"rfc2136 {where}: looking up {endpoint.host} took more than {self.timeout:g}s",
+                kind="network",
+            ) from None
+        except OSError as exc:
+            text = f"looking up {endpoint.host}: {exc.strerror or exc}"
+            raise TransientProviderError(f"rfc2136 {where}: {text}", kind="network") from exc
 
 
 async def resolve(host: str) -> str:
@@ -166,6 +198,22 @@ def update_message(zone: str, changes: Iterable[Change]) -> dns.update.UpdateMes
         ttl = after.ttl or service.ttl or 0
         # Delete-and-add inside one UPDATE is atomic: the name is never without an answer.
         message.replace(name, ttl, *rdatas(rdtype, after.targets))
+    return message
+
+
+def permission_probe(zone: str, records: Sequence[tuple[str, str, int, Sequence[str]]]) -> Any:
+    """An UPDATE that can never change anything, to learn whether the key may make it.
+
+    Each (name, type, ttl, values) is written as trafficflip writes it (the RRset replaced),
+    behind two prerequisites that cannot both hold: the RRset exists, and it does not. BIND
+    (9.18, measured) checks the key's permission (update-policy, allow-update) before the
+    prerequisites: REFUSED means the key may not; NXRRSET or YXRRSET means it may.
+    """
+    message = dns.update.UpdateMessage(zone)
+    for name, rdtype, ttl, values in records:
+        message.present(dns_name(name), rdtype)
+        message.absent(dns_name(name), rdtype)
+        message.replace(dns_name(name), ttl, *rdatas(rdtype, values))
     return message
 
 
@@ -214,7 +262,7 @@ def tsig_key(provider: str, tsig: TsigConfig | None) -> dns.tsig.Key | None:
     else:
         assert tsig.secret_file is not None
         secret = read_secret(provider, tsig.secret_file)
-    return dns.tsig.Key(tsig.name, secret, tsig.algorithm)
+    return SecretKey(tsig.name, secret, tsig.algorithm)
 
 
 def read_secret(provider: str, path: Path) -> str:

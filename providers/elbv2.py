@@ -18,10 +18,11 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from trafficflip.backend.budget import CallBudget
 from trafficflip.backend.provider import Provider, Receipt
 from trafficflip.config.durations import Duration
 from trafficflip.config.schema import ServiceConfig
@@ -37,12 +38,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_ARN = r"^arn:aws[a-z-]*:elasticloadbalancing:(?P<region>[a-z0-9-]+):\d{12}:"
-LISTENER_ARN = re.compile(_ARN + r"listener/(app|net|gwy)/[^/]+/[0-9a-f]+/[0-9a-f]+$")
-RULE_ARN = re.compile(_ARN + r"listener-rule/(app|net|gwy)/[^/]+/[0-9a-f]+/[0-9a-f]+/[0-9a-f]+$")
-TARGET_GROUP_ARN = re.compile(_ARN + r"targetgroup/[^/]+/[0-9a-f]+$")
+# Matched with fullmatch: "$" would also accept a trailing newline.
+_ARN = r"arn:aws[a-z-]*:elasticloadbalancing:(?P<region>[a-z0-9-]+):\d{12}:"
+LISTENER_ARN = re.compile(_ARN + r"listener/(app|net|gwy)/[^/\s]+/[0-9a-f]+/[0-9a-f]+")
+RULE_ARN = re.compile(_ARN + r"listener-rule/(app|net|gwy)/[^/\s]+/[0-9a-f]+/[0-9a-f]+/[0-9a-f]+")
+TARGET_GROUP_ARN = re.compile(_ARN + r"targetgroup/[^/\s]+/[0-9a-f]+")
 # ELBv2's documented limit for one forward action.
 MAX_TARGET_GROUPS = 5
+# The largest page DescribeListeners and DescribeRules return (their PageSize maximum).
+PAGE_SIZE = 400
 TRANSIENT_CODES = aws.THROTTLING_CODES | {"TooManyRequestsException"}
 NOT_FOUND = {"ListenerNotFound", "RuleNotFound"}
 
@@ -52,6 +56,22 @@ class Elbv2Config(BaseModel):
     type: Literal["elbv2"]
     region: str = "us-east-1"
     timeout: Duration = 10.0
+    # ELBv2 throttles per account and region, Describe* at 10 a second (40 saved up) and
+    # mutating actions lower; one budget for both keeps within the mutating ones.
+    max_calls_per_second: Annotated[float, Field(gt=0)] = 5.0
+
+
+class Elbv2Service(BaseModel):
+    """The keys an elbv2 service adds: the listener (or listener rule) whose forward action
+    holds the sites' target groups. Their form is checked by ``validate_service``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    listener_arn: str | None = None
+    rule_arn: str | None = None
+
+
+def _keys(service: ServiceConfig) -> Elbv2Service:
+    return service.adapter_keys(Elbv2Service)
 
 
 class Elbv2Provider(Provider):
@@ -62,12 +82,14 @@ class Elbv2Provider(Provider):
     SUPPORTS_WEIGHTS = True
     MAX_WEIGHT = 999  # ELBv2's limit; moto accepts more, so it is checked here
     Config = Elbv2Config
+    Service = Elbv2Service
 
     def __init__(
         self, name: str, config: Elbv2Config, client: ElasticLoadBalancingv2Client
     ) -> None:
         super().__init__(name, config)
         self.client = client
+        self.budget = CallBudget(config.max_calls_per_second)
 
     @classmethod
     def create(cls, name: str, config: Any) -> Elbv2Provider:
@@ -77,9 +99,7 @@ class Elbv2Provider(Provider):
     def validate_service(cls, service: ServiceConfig, config: Any) -> list[tuple[str, str]]:
         """One listener or rule ARN, target group ARNs, all in the provider's region."""
         region = config.region if isinstance(config, Elbv2Config) else None
-        problems = _object_problems(service, region)
-        if service.backend is not None:
-            problems.append(("backend", "only for a haproxy provider"))
+        problems = _object_problems(_keys(service), region)
         owner: dict[str, str] = {}
         for s_index, site in enumerate(service.sites):
             for t_index, target in enumerate(site.targets):
@@ -101,7 +121,7 @@ class Elbv2Provider(Provider):
         return problems
 
     async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        result: T = await aws.call(f"elbv2 {what}", fn, TRANSIENT_CODES, **kwargs)
+        result: T = await aws.call(f"elbv2 {what}", self.budget, fn, TRANSIENT_CODES, **kwargs)
         return result
 
     # -- read -------------------------------------------------------------------------------
@@ -124,8 +144,8 @@ class Elbv2Provider(Provider):
         self, services: Sequence[ServiceConfig]
     ) -> dict[str, list[ActionOutputTypeDef]]:
         """Each found service's current action list: listeners in one call, rules in another."""
-        listeners = [s for s in services if s.listener_arn is not None]
-        rules = [s for s in services if s.listener_arn is None]
+        listeners = [s for s in services if _keys(s).listener_arn is not None]
+        rules = [s for s in services if _keys(s).listener_arn is None]
         found: dict[str, list[ActionOutputTypeDef]] = {}
         if listeners:
             found.update(await self._describe(listeners, "DescribeListeners"))
@@ -151,12 +171,23 @@ class Elbv2Provider(Provider):
         return found
 
     async def _describe_arns(self, arns: list[str], what: str) -> dict[str, list[Any]]:
-        if what == "DescribeListeners":
-            reply = await self._call(what, self.client.describe_listeners, ListenerArns=arns)
-            listeners = reply["Listeners"]
-            return {x["ListenerArn"]: x.get("DefaultActions", []) for x in listeners}
-        rules = await self._call(what, self.client.describe_rules, RuleArns=arns)
-        return {r["RuleArn"]: r.get("Actions", []) for r in rules["Rules"]}
+        """All of ``arns`` in as few calls as ELBv2 pages them (``PAGE_SIZE`` a call)."""
+        found: dict[str, list[Any]] = {}
+        params: dict[str, Any] = {"PageSize": PAGE_SIZE}
+        while True:
+            if what == "DescribeListeners":
+                reply: Any = await self._call(
+                    what, self.client.describe_listeners, ListenerArns=arns, **params
+                )
+                found.update(
+                    (x["ListenerArn"], x.get("DefaultActions", [])) for x in reply["Listeners"]
+                )
+            else:
+                reply = await self._call(what, self.client.describe_rules, RuleArns=arns, **params)
+                found.update((r["RuleArn"], r.get("Actions", [])) for r in reply["Rules"])
+            if not reply.get("NextMarker"):
+                return found
+            params["Marker"] = reply["NextMarker"]
 
     # -- apply ------------------------------------------------------------------------------
 
@@ -197,7 +228,7 @@ class Elbv2Provider(Provider):
                 kind="NotFound",
             )
         new = _rewrite(service, actions, _planned_weights(plan, service))
-        if service.listener_arn is not None:
+        if _keys(service).listener_arn is not None:
             await self._call(
                 "ModifyListener", self.client.modify_listener, ListenerArn=arn, DefaultActions=new
             )
@@ -245,11 +276,12 @@ class Elbv2Provider(Provider):
 
 
 def _arn(service: ServiceConfig) -> str:
-    return str(service.listener_arn or service.rule_arn)
+    keys = _keys(service)
+    return str(keys.listener_arn or keys.rule_arn)
 
 
 def _kind(service: ServiceConfig) -> str:
-    return "listener" if service.listener_arn is not None else "listener rule"
+    return "listener" if _keys(service).listener_arn is not None else "listener rule"
 
 
 def _foreign(service: ServiceConfig, weights: Mapping[str, int]) -> list[str]:
@@ -262,20 +294,20 @@ def _foreign(service: ServiceConfig, weights: Mapping[str, int]) -> list[str]:
     ]
 
 
-def _object_problems(service: ServiceConfig, region: str | None) -> list[tuple[str, str]]:
-    if service.listener_arn is not None and service.rule_arn is not None:
+def _object_problems(keys: Elbv2Service, region: str | None) -> list[tuple[str, str]]:
+    if keys.listener_arn is not None and keys.rule_arn is not None:
         return [("rule_arn", "set listener_arn or rule_arn, not both")]
-    if service.listener_arn is not None:
-        problem = _arn_problem(service.listener_arn, LISTENER_ARN, "listener", region)
+    if keys.listener_arn is not None:
+        problem = _arn_problem(keys.listener_arn, LISTENER_ARN, "listener", region)
         return [("listener_arn", problem)] if problem else []
-    if service.rule_arn is not None:
-        problem = _arn_problem(service.rule_arn, RULE_ARN, "listener rule", region)
+    if keys.rule_arn is not None:
+        problem = _arn_problem(keys.rule_arn, RULE_ARN, "listener rule", region)
         return [("rule_arn", problem)] if problem else []
     return [("listener_arn", "required for an elbv2 service (or rule_arn for a listener rule)")]
 
 
 def _arn_problem(arn: str, pattern: re.Pattern[str], kind: str, region: str | None) -> str | None:
-    match = pattern.match(arn)
+    match = pattern.fullmatch(arn)
     if match is None:
         return f"{arn!r} is not a {kind} ARN"
     if region is not None and match.group("region") != region:

@@ -13,54 +13,39 @@ weights, which ``read`` reports as drift, so the next reconcile writes the share
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal, NamedTuple, TypeVar
+from typing import Annotated, Literal, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trafficflip.backend.budget import CallBudget
 from trafficflip.backend.provider import Provider, Receipt
 from trafficflip.config.durations import Duration
-from trafficflip.config.schema import ServiceConfig, split_host_port
+from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Change, Plan
 from trafficflip.errors import PermanentProviderError, ProviderError, TransientProviderError
 
+from ._haproxy_api import (
+    InstanceConfig,
+    RuntimeApi,
+    parse_servers_state,
+    split_responses,
+)
+
+__all__ = ["HaproxyConfig", "HaproxyProvider", "HaproxyService", "split_responses"]
+
 T = TypeVar("T")
 # HAProxy's own rule for proxy and server names; it also keeps ';' (the runtime API's command
-# separator), '/' (backend/server) and spaces out of the commands we build.
-HAPROXY_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+# separator), '/' (backend/server), spaces and newlines out of the commands we build. Always
+# fullmatch: with match, "$" also matches before a trailing newline, which ends the command.
+HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 NO_BACKEND = "Can't find backend."
 # Backend -> server -> srv_uweight, or None when the instance has no such backend.
 BackendState = dict[str, dict[str, int] | None]
-
-
-class InstanceConfig(BaseModel):
-    """One HAProxy process: its stats socket (``level admin``) as a path or ``host:port``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    socket: str | None = None
-    address: str | None = None
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_host_port(value)
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> InstanceConfig:
-        if (self.socket is None) == (self.address is None):
-            raise ValueError("set socket (a unix socket path) or address (host:port), not both")
-        return self
-
-    @property
-    def label(self) -> str:
-        return self.socket or str(self.address)
 
 
 class HaproxyConfig(BaseModel):
@@ -70,6 +55,11 @@ class HaproxyConfig(BaseModel):
     address: str | None = None
     instances: list[InstanceConfig] = []
     timeout: Duration = 2.0
+    # Runtime-API sessions a second, per instance. A batch is one session (one command line;
+    # HAProxy 2.6 took 3,000 commands, 80 KB, in one line here), so this bounds how often
+    # trafficflip connects, not how much it changes. The stats socket serves 10 connections
+    # at once by default (`stats maxconn`).
+    max_calls_per_second: Annotated[float, Field(gt=0)] = 20.0
 
     @model_validator(mode="after")
     def _endpoints(self) -> HaproxyConfig:
@@ -91,83 +81,23 @@ class HaproxyConfig(BaseModel):
         return [InstanceConfig(socket=self.socket, address=self.address)]
 
 
-class RuntimeApi:
-    """The runtime API of one HAProxy instance: one connection per batch of commands."""
+class HaproxyService(BaseModel):
+    """The key a haproxy service adds: the backend whose servers are the sites' targets."""
 
-    def __init__(self, endpoint: InstanceConfig, timeout: float) -> None:
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self.label = endpoint.label
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    backend: str | None = None
 
-    async def run(self, commands: Sequence[str]) -> list[str]:
-        """Send ``commands`` as one ``;``-separated line; return one response per command.
-
-        An empty response means success for a ``set`` command. Unreachable or silent
-        instances raise ``TransientProviderError`` (a restart makes the socket vanish briefly).
-        """
-        line = (";".join(commands) + "\n").encode()
-        try:
-            raw = await asyncio.wait_for(self._exchange(line), self.timeout)
-        except TimeoutError:
-            raise TransientProviderError(
-                f"haproxy {self.label}: no answer within {self.timeout:g}s", kind="unreachable"
-            ) from None
-        except OSError as exc:
-            raise TransientProviderError(
-                f"haproxy {self.label}: {exc.strerror or exc}", kind="unreachable"
-            ) from exc
-        responses = split_responses(raw.decode(errors="replace"))
-        if len(responses) != len(commands):
-            raise PermanentProviderError(
-                f"haproxy {self.label}: unexpected answer {raw[:200]!r}", kind="protocol"
-            )
-        return responses
-
-    async def _exchange(self, data: bytes) -> bytes:
-        if self.endpoint.socket is not None:
-            reader, writer = await asyncio.open_unix_connection(self.endpoint.socket)
-        else:
-            host, port = split_host_port(str(self.endpoint.address))
-            reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(data)
-            await writer.drain()
-            # Without "prompt" HAProxy answers every command and closes the connection.
-            return await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    @field_validator("backend")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not HAPROXY_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a HAProxy backend name")
+        return value
 
 
-def split_responses(text: str) -> list[str]:
-    """Split the runtime API's output: every response ends with an empty line."""
-    responses: list[str] = []
-    current: list[str] = []
-    for line in text.split("\n")[:-1]:
-        if line:
-            current.append(line)
-        else:
-            responses.append("\n".join(current))
-            current = []
-    if current:
-        responses.append("\n".join(current))
-    return responses
-
-
-def parse_servers_state(text: str) -> dict[str, int]:
-    """``show servers state`` -> server name -> user weight, columns found by their header."""
-    lines = text.splitlines()
-    header = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
-    if header is None:
-        raise ValueError(text.strip() or "empty answer")
-    columns = lines[header][2:].split()
-    name_at, weight_at = columns.index("srv_name"), columns.index("srv_uweight")
-    return {
-        fields[name_at]: int(fields[weight_at])
-        for fields in (line.split() for line in lines[header + 1 :])
-        if len(fields) > weight_at
-    }
+def backend_of(service: ServiceConfig) -> str:
+    """The service's backend name (required by ``validate_service``)."""
+    return str(service.adapter_keys(HaproxyService).backend)
 
 
 class HaproxyProvider(Provider):
@@ -178,12 +108,19 @@ class HaproxyProvider(Provider):
     SUPPORTS_WEIGHTS = True
     MAX_WEIGHT = 256  # `set server ... weight` refuses anything above
     Config = HaproxyConfig
+    Service = HaproxyService
 
     def __init__(
         self, name: str, config: HaproxyConfig, apis: Sequence[RuntimeApi] | None = None
     ) -> None:
         super().__init__(name, config)
-        self.apis = list(apis or [RuntimeApi(e, config.timeout) for e in config.endpoints()])
+        self.apis = list(
+            apis
+            or [
+                RuntimeApi(e, config.timeout, CallBudget(config.max_calls_per_second))
+                for e in config.endpoints()
+            ]
+        )
         # The weight last written per (backend, server), to tell which instance forgot it.
         self._written: dict[tuple[str, str], int] = {}
 
@@ -191,18 +128,13 @@ class HaproxyProvider(Provider):
     def validate_service(cls, service: ServiceConfig, config: object) -> list[tuple[str, str]]:
         """A backend is required, site targets are server names, each in one site only."""
         problems: list[tuple[str, str]] = []
-        if service.backend is None:
+        if service.adapter_keys(HaproxyService).backend is None:
             problems.append(("backend", "required for a haproxy service (the backend's name)"))
-        elif not HAPROXY_NAME.match(service.backend):
-            problems.append(("backend", f"{service.backend!r} is not a HAProxy backend name"))
-        for field in ("listener_arn", "rule_arn"):
-            if getattr(service, field) is not None:
-                problems.append((field, "only for an elbv2 provider"))
         owner: dict[str, str] = {}
         for s_index, site in enumerate(service.sites):
             for t_index, target in enumerate(site.targets):
                 path = f"sites[{s_index}].targets[{t_index}]"
-                if not HAPROXY_NAME.match(target):
+                if not HAPROXY_NAME.fullmatch(target):
                     problems.append((path, f"{target!r} is not a HAProxy server name"))
                 elif target in owner:
                     problems.append((path, f"server {target} is already in site {owner[target]}"))
@@ -306,7 +238,7 @@ class HaproxyProvider(Provider):
                 kind="lagging",
             )
         submitted = time.time()
-        ids = tuple(f"{s.backend}@{submitted:.3f}" for s in plan.services)
+        ids = tuple(f"{backend_of(s)}@{submitted:.3f}" for s in plan.services)
         return Receipt(self.name, ids, submitted, in_sync=True)
 
     async def _everywhere(
@@ -354,11 +286,11 @@ def _outcomes(
 
 
 def _backends(services: Sequence[ServiceConfig]) -> list[str]:
-    return sorted({str(s.backend) for s in services})
+    return sorted({backend_of(s) for s in services})
 
 
 def _servers(services: Sequence[ServiceConfig]) -> list[tuple[str, str]]:
-    return [(str(s.backend), t) for s in services for site in s.sites for t in site.targets]
+    return [(backend_of(s), t) for s in services for site in s.sites for t in site.targets]
 
 
 def _weight(state: BackendState, backend: str, server: str) -> int | None:
@@ -371,7 +303,7 @@ def _missing(label: str, services: Sequence[ServiceConfig], state: BackendState)
     where = f"haproxy {label}: "
     problems: list[str] = []
     for service in services:
-        backend = str(service.backend)
+        backend = backend_of(service)
         servers = state.get(backend)
         if servers is None:
             problems.append(f"{where}service {service.name}: no backend {backend!r}")
@@ -390,8 +322,9 @@ def _answers(
     service: ServiceConfig, states: Mapping[str, BackendState], complete: bool
 ) -> tuple[Answer, ...]:
     answers = []
+    backend = backend_of(service)
     for site in service.sites:
-        held = {_weight(s, str(service.backend), t) for s in states.values() for t in site.targets}
+        held = {_weight(s, backend, t) for s in states.values() for t in site.targets}
         if held == {None}:
             continue
         weight = held.pop() if complete and len(held) == 1 else None
@@ -420,7 +353,7 @@ def _writes(plan: Plan) -> list[Write]:
     for change in changes:
         assert change.after is not None
         weight = change.after.weight or 0
-        backend = str(change.service.backend)
+        backend = backend_of(change.service)
         writes.extend(
             Write(change.service.name, change.site, backend, t, weight)
             for t in sorted(change.after.targets)

@@ -39,7 +39,6 @@ from trafficflip.decision.plan import Action, Change, Plan
 from trafficflip.errors import (
     PermanentProviderError,
     TransientProviderError,
-    UnsafePlanError,
 )
 
 from . import _dns as wire
@@ -213,7 +212,54 @@ class Rfc2136Provider(Provider):
             kind=name,
         )
 
+    # -- checking ------------------------------------------------------------------------
+
+    async def check_live(self, services: Sequence[ServiceConfig]) -> list[str]:
+        """Every zone answers and the key may update every service's RRset.
+
+        The permission is tested with an UPDATE that cannot apply (``wire.permission_probe``);
+        one per zone, then one per service of a zone that refused, to name them.
+        """
+        key = f"providers.{self.name}"
+        problems = await super().check_live(services)
+        by_zone: dict[str, list[ServiceConfig]] = defaultdict(list)
+        for service in services:
+            by_zone[_zone(service)].append(service)
+        try:
+            for zone, members in by_zone.items() if not problems else ():
+                if await self._may_update(zone, members):
+                    continue
+                for s in members:
+                    if not await self._may_update(zone, [s]):
+                        problems.append(
+                            f"{key}: service {s.name}: the key {self.client.key_name} may not "
+                            f"update {s.record} {s.type} (REFUSED): see the zone's update-policy"
+                        )
+        except Exception as exc:  # reported, not raised: this is a diagnostic
+            problems.append(f"{key}: {exc}")
+        return problems
+
+    async def _may_update(self, zone: str, services: Sequence[ServiceConfig]) -> bool:
+        records = [(str(s.record), str(s.type), s.ttl or 0, s.sites[0].targets) for s in services]
+        message = wire.permission_probe(zone, records)
+        response = await self.client.exchange(message, self.server, f"permission zone={zone}")
+        rcode = response.rcode()
+        if rcode in CONFLICT_RCODES:
+            return True
+        if rcode == dns.rcode.REFUSED:
+            return False
+        raise self._refused(rcode, self.server, zone, "permission")
+
     # -- applying ------------------------------------------------------------------------
+
+    def refuse_change(self, change: Change) -> str | None:
+        """Deleting or emptying an RRset would send the name's traffic nowhere."""
+        if change.after is None or not change.after.targets:
+            return (
+                f"service {change.service.name}: refusing to delete or empty its RRset "
+                f"{change.service.record} {change.service.type}"
+            )
+        return None
 
     async def _apply(self, plan: Plan) -> Receipt:
         """One UPDATE per zone (split only past the message size), each change guarded by a
@@ -223,7 +269,6 @@ class Rfc2136Provider(Provider):
         """
         by_zone: dict[str, list[Change]] = defaultdict(list)
         for change in plan.changes:
-            _check_writable(change)
             by_zone[_zone(change.service)].append(change)
         change_ids = []
         for zone, changes in by_zone.items():
@@ -339,18 +384,6 @@ class Rfc2136Provider(Provider):
                 log.info("lagging server=%s zone=%s service=%s", endpoint, zone, service.name)
                 return False
         return True
-
-
-# -- messages ------------------------------------------------------------------------------
-
-
-def _check_writable(change: Change) -> None:
-    """Deleting or emptying an RRset would send the name's traffic nowhere."""
-    if change.after is None or not change.after.targets:
-        raise UnsafePlanError(
-            f"service {change.service.name}: refusing to delete or empty its RRset "
-            f"{change.service.record} {change.service.type}"
-        )
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from trafficflip.backend.budget import CallBudget
 from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.config.durations import Duration
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Change, Plan
@@ -26,8 +28,9 @@ from . import _aws as aws
 log = logging.getLogger("trafficflip.providers.route53")
 T = TypeVar("T")
 
-# Route53's documented limits for one ChangeResourceRecordSets request.
-MAX_CHANGES_PER_BATCH = 1000
+# Route53's documented limits for one ChangeResourceRecordSets request: 1,000 ResourceRecord
+# elements and 32,000 characters of Value, each counted twice in an UPSERT.
+MAX_RECORDS_PER_BATCH = 1000
 MAX_VALUE_CHARS_PER_BATCH = 32000
 # Route53 rejects a second change to a zone while one is pending: wait and send it again.
 TRANSIENT_CODES = aws.THROTTLING_CODES | {"PriorRequestNotComplete"}
@@ -40,7 +43,10 @@ class Route53Config(BaseModel):
     type: Literal["route53"]
     hosted_zone_id: str | None = None
     region: str = "us-east-1"
-    timeout: float = 10.0
+    timeout: Duration = 10.0
+    # Route53 throttles the whole account; its long-standing documented rate is 5 requests a
+    # second (reads count too). Lower it when other tools share the account.
+    max_calls_per_second: Annotated[float, Field(gt=0)] = 5.0
 
 
 RecordKey = tuple[str, str]  # (name, type), name lower-case and fully qualified
@@ -58,6 +64,7 @@ class Route53Provider(Provider):
     def __init__(self, name: str, config: Route53Config, client: Any) -> None:
         super().__init__(name, config)
         self.client = client
+        self.budget = CallBudget(config.max_calls_per_second)
         self._zone_ids: dict[str, str] = {}
         # The raw record sets of the last read: a DELETE must repeat a record set exactly.
         self._raw: dict[tuple[str, str | None], dict[str, Any]] = {}
@@ -67,7 +74,7 @@ class Route53Provider(Provider):
         return cls(name, config, aws.client("route53", config.region, config.timeout))
 
     async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        result: T = await aws.call(f"route53 {what}", fn, TRANSIENT_CODES, **kwargs)
+        result: T = await aws.call(f"route53 {what}", self.budget, fn, TRANSIENT_CODES, **kwargs)
         return result
 
     async def zone_id(self, zone: str) -> str:
@@ -262,20 +269,28 @@ def _batches(changes: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     for change in changes:
         groups[change["ResourceRecordSet"]["Name"]].append(change)
     batches: list[list[dict[str, Any]]] = [[]]
-    chars = 0
+    records = chars = 0
     for group in groups.values():
-        size = sum(_chars(c) for c in group)
-        full = len(batches[-1]) + len(group) > MAX_CHANGES_PER_BATCH
-        if batches[-1] and (full or chars + size > MAX_VALUE_CHARS_PER_BATCH):
+        more_records = sum(_records(c) for c in group)
+        more_chars = sum(_chars(c) for c in group)
+        full = records + more_records > MAX_RECORDS_PER_BATCH
+        if batches[-1] and (full or chars + more_chars > MAX_VALUE_CHARS_PER_BATCH):
             batches.append([])
-            chars = 0
+            records = chars = 0
         batches[-1].extend(group)
-        chars += size
+        records, chars = records + more_records, chars + more_chars
     return [b for b in batches if b]
 
 
+def _factor(change: dict[str, Any]) -> int:
+    # Route53 counts an UPSERT's records and characters twice.
+    return 2 if change["Action"] == "UPSERT" else 1
+
+
+def _records(change: dict[str, Any]) -> int:
+    return _factor(change) * len(change["ResourceRecordSet"].get("ResourceRecords", []))
+
+
 def _chars(change: dict[str, Any]) -> int:
-    records = change["ResourceRecordSet"].get("ResourceRecords", [])
-    # Route53 counts every value's characters, twice for an UPSERT.
-    factor = 2 if change["Action"] == "UPSERT" else 1
-    return factor * sum(len(r["Value"]) for r in records)
+    values = change["ResourceRecordSet"].get("ResourceRecords", [])
+    return _factor(change) * sum(len(r["Value"]) for r in values)

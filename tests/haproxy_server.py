@@ -11,7 +11,7 @@ import socket
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ frontend fe
 backend {backend}
     balance {balance}
 {servers}
-"""
+{extra}"""
 
 
 def require_haproxy() -> None:
@@ -61,6 +61,7 @@ class HaproxyServer:
         tcp_api: bool = False,
         weight: int = 1,
         balance: str = "roundrobin",
+        extra_backends: Sequence[str] = (),
     ) -> None:
         require_haproxy()
         self.dir = Path(tempfile.mkdtemp(prefix="tf-haproxy-"))
@@ -69,6 +70,8 @@ class HaproxyServer:
         self.frontend_port = free_port()
         self.backend = backend
         self.balance = balance
+        # More backends with the same servers, for several services on one instance.
+        self.extra_backends = tuple(extra_backends)
         self.config_path = self.dir / "haproxy.cfg"
         self.config_path.write_text(self._config(servers, weight), encoding="utf-8")
         self.process: Process | None = None
@@ -95,6 +98,10 @@ class HaproxyServer:
             backend=self.backend,
             balance=self.balance,
             servers=lines,
+            extra="".join(
+                f"backend {name}\n    balance {self.balance}\n{lines}\n"
+                for name in self.extra_backends
+            ),
         )
 
     def start(self) -> HaproxyServer:
@@ -137,9 +144,9 @@ class HaproxyServer:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
-    def weights(self) -> dict[str, int]:
+    def weights(self, backend: str | None = None) -> dict[str, int]:
         """Server -> runtime weight, as ``show servers state`` reports it."""
-        lines = self.command(f"show servers state {self.backend}").splitlines()
+        lines = self.command(f"show servers state {backend or self.backend}").splitlines()
         columns = lines[1].removeprefix("# ").split()
         name, weight = columns.index("srv_name"), columns.index("srv_uweight")
         rows = [line.split() for line in lines[2:] if line.strip()]

@@ -53,9 +53,16 @@ class Named:
     """
 
     def __init__(
-        self, directory: Path, zones: dict[str, Sequence[str]] | None = None, *, port: int = 0
+        self,
+        directory: Path,
+        zones: dict[str, Sequence[str]] | None = None,
+        *,
+        port: int = 0,
+        update_policy: str | None = None,
     ) -> None:
         self.dir = directory
+        # An update-policy body (``grant KEY name NAME A;``) instead of allow-update for the key.
+        self.update_policy = update_policy
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.secret = new_secret()
@@ -76,9 +83,12 @@ class Named:
         self.dir.mkdir(parents=True, exist_ok=True)
         for zone, records in self.zones.items():
             (self.dir / f"{zone}zone").write_text(zone_text(zone, records))
+        if self.update_policy is None:
+            permission = f'allow-update {{ key "{KEY_NAME}"; }};'
+        else:
+            permission = f"update-policy {{ {self.update_policy} }};"
         zones = "\n".join(
-            f'zone "{zone}" {{ type primary; file "{self.dir}/{zone}zone"; '
-            f'allow-update {{ key "{KEY_NAME}"; }}; }};'
+            f'zone "{zone}" {{ type primary; file "{self.dir}/{zone}zone"; {permission} }};'
             for zone in self.zones
         )
         (self.dir / "named.conf").write_text(

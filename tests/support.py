@@ -195,7 +195,9 @@ class CountingProxy:
                 body = self.rfile.read(length) if length else b""
                 with proxy._lock:
                     proxy.requests += 1
-                if self.command == "POST" and self.path.endswith("/rrset") and not proxy.admit():
+                # boto3 posts to .../rrset/ (a trailing slash); count either form.
+                change = self.path.split("?")[0].rstrip("/").endswith("/rrset")
+                if self.command == "POST" and change and not proxy.admit():
                     self._reply(400, ROUTE53_THROTTLED, "text/xml")
                     return
                 conn = http.client.HTTPConnection(proxy.target, timeout=30)

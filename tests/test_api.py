@@ -172,7 +172,9 @@ def test_busy_listen_address_is_a_config_error(tmp_path: Path, moto_server: Moto
     try:
         running.start()
         wait_until(running.answering, timeout=20, what="the API")
-        second = running.cli("run", "--config", str(running.config))
+        # Another state file: the same one would be refused first, for its lock.
+        other = {"TRAFFICFLIP_STATE": f"sqlite:///{tmp_path / 'other.db'}"}
+        second = running.cli("run", "--config", str(running.config), env=other)
         assert second.returncode == 2
         assert f"api.listen: cannot listen on 127.0.0.1:{running.port}" in second.stderr
     finally:

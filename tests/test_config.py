@@ -200,7 +200,7 @@ def test_rule_exits_2_with_key_path(
 def test_valid_config_is_ok(tmp_path: Path) -> None:
     result = run_check_config(tmp_path, BASE)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "config OK: 1 services"
+    assert result.stdout.strip() == "config OK: 1 service"
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -7,42 +7,18 @@ from typing import Any
 
 import pytest
 
+from tests import factories
+from tests.factories import DR_TARGET, PRIMARY_TARGET
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.commands import apply_command
-from trafficflip.decision.decide import decide
-from trafficflip.decision.model import ServiceState, SiteHealth, Status
+from trafficflip.decision.decide import decide, fit_to_config
+from trafficflip.decision.model import ServiceHealth, ServiceState, SiteHealth, Status
 
 UP, DOWN, UNKNOWN = Status.UP, Status.DOWN, Status.UNKNOWN
 
 
 def service(**overrides: Any) -> ServiceConfig:
-    data: dict[str, Any] = {
-        "name": "www",
-        "provider": "aws",
-        "zone": "example.com.",
-        "record": "www.example.com.",
-        "type": "A",
-        "ttl": 30,
-        "failback": {"stabilize": 120, "steps": [10, 50, 100], "step_duration": 60},
-        "sites": [
-            {
-                "name": "primary",
-                "targets": ["192.0.2.10"],
-                "checks": [{"type": "tcp", "address": "127.0.0.1:1"}],
-            },
-            {
-                "name": "dr",
-                "targets": ["198.51.100.20"],
-                "checks": [{"type": "tcp", "address": "127.0.0.1:2"}],
-            },
-        ],
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return ServiceConfig(**data)
+    return factories.service(**overrides)
 
 
 def three_sites(**overrides: Any) -> ServiceConfig:
@@ -64,7 +40,8 @@ class World:
     def __init__(self, svc: ServiceConfig, state: ServiceState | None = None) -> None:
         self.service = svc
         self.state = state or ServiceState()
-        self.health = {s.name: SiteHealth(UP, 0.0) for s in svc.sites}
+        # Up long before the scenario starts.
+        self.health = {s.name: SiteHealth(UP, -1e6) for s in svc.sites}
         self.events: list[str] = []
 
     def set(self, now: float, **statuses: Status) -> None:
@@ -77,7 +54,8 @@ class World:
     def step(
         self, now: float, *, gates: Status = UP, started: bool = True, applied: bool = True
     ) -> dict[str, int] | None:
-        decision = decide(self.service, self.state, self.health, gates, now, started=started)
+        health = ServiceHealth(dict(self.health), gates)
+        decision = decide(self.service, self.state, health, now, started=started)
         self.events += [e.kind for e in decision.events]
         self.state = decision.state
         if applied and self.state.shares is not None and self.state.applied_at is None:
@@ -279,6 +257,46 @@ def test_operator_failover_moves_along_the_steps_and_failback_releases() -> None
     assert world.step(10_000) == DR100  # pinned: no automatic failback
     world.state, _ = apply_command(svc, world.state, "failback", {})
     assert world.step(10_001) == {"primary": 10, "dr": 90}
+    # An operator's move is named as one, not counted as a failback.
+    assert world.events[1:4] == ["planned_move_started", "ramp_step", "planned_move_completed"]
+    assert world.events[4] == "failback_started"
+
+
+def test_a_pin_to_a_down_site_waits_for_stabilize_once_it_is_back() -> None:
+    svc = service()
+    world = World(svc)
+    world.run([(0, {}, P100), (5, {"dr": DOWN}, P100)])
+    world.state, _ = apply_command(svc, world.state, "failover", {"to": "dr"})
+    assert world.step(10) == P100  # accepted, but nothing moves onto a dead site
+    world.set(20, dr=UP)
+    assert world.step(21) == P100
+    assert world.step(139) == P100  # up for less than stabilize (120 s)
+    assert world.step(140) == {"primary": 90, "dr": 10}
+    assert world.events[-1] == "planned_move_started"
+
+
+def test_a_drain_is_named_as_a_drain() -> None:
+    svc = service()
+    world = World(svc)
+    world.run([(0, {}, P100)])
+    world.state, _ = apply_command(svc, world.state, "drain", {"site": "primary"})
+    world.step(1), world.step(61), world.step(121)
+    assert world.events[1:] == ["drain_started", "ramp_step", "drain_completed"]
+
+
+def test_a_stored_state_meets_a_renamed_site() -> None:
+    """dr renamed to backup while it served: no ramp from a site that is gone, no error."""
+    renamed = service(
+        sites=[factories.site("primary", PRIMARY_TARGET, 1), factories.site("backup", DR_TARGET, 2)]
+    )
+    stored = ServiceState(members=("dr",), shares={"primary": 0, "dr": 100}, applied_at=5)
+    fitted = fit_to_config(renamed, stored)
+    assert fitted.state.members == () and fitted.state.shares is None
+    assert [e.kind for e in fitted.events] == ["site_removed"]
+    world = World(renamed, fitted.state)
+    world.set(100, primary=DOWN)
+    assert world.step(100) == {"primary": 0, "backup": 100}  # at once, no ramp
+    assert world.state.ramp is None
 
 
 def test_pinned_site_failing_still_fails_over() -> None:
@@ -335,7 +353,11 @@ def test_resumes_a_ramp_after_restart_without_repeating_or_jumping() -> None:
     restarted.health["primary"] = SiteHealth(UP, 230)
     assert restarted.step(229, started=False) == {"primary": 50, "dr": 50}
     assert restarted.step(230) == {"primary": 50, "dr": 50}
-    assert restarted.step(260) == P100
+    # The step's hold is over, but the primary was seen up again only at 230: stabilize is
+    # checked again before the ramp moves on.
+    assert restarted.step(260) == {"primary": 50, "dr": 50}
+    assert restarted.step(349) == {"primary": 50, "dr": 50}
+    assert restarted.step(350) == P100
     assert restarted.events == ["failback_completed"]
 
 

@@ -61,7 +61,11 @@ def test_failover_and_gradual_failback(deployment: Deployment) -> None:
     for event in ("www failover: primary down", "failback_started", "failback_completed"):
         assert event in status.stdout, status.stdout
     log = deployment.process.output()
-    assert "failover www: primary down (connect refused x2) -> dr" in log
+    check = f"http {deployment.primary.url}"
+    assert f"failover www: primary down ({check} connect refused x2) -> dr" in log
+    # Health transitions are logged with their check, and a returning site's stabilize.
+    assert f"site_down service=www site=primary reason='{check} connect refused x2'" in log
+    assert "site_up service=www site=primary stabilizing until" in log
 
 
 def test_sigkill_mid_ramp_resumes_at_the_same_step(tmp_path: Path, moto_server: MotoServer) -> None:

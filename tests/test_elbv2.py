@@ -13,7 +13,7 @@ import botocore.exceptions
 import pytest
 import yaml
 
-from providers.elbv2 import Elbv2Config, Elbv2Provider
+from providers.elbv2 import Elbv2Config, Elbv2Provider, Elbv2Service
 from tests.support import ROOT, trafficflip_command
 from trafficflip.config.loader import load_config
 from trafficflip.config.schema import ServiceConfig
@@ -234,12 +234,13 @@ async def test_throttling_is_transient() -> None:
     )
     with pytest.raises(TransientProviderError, match="Throttling: Rate exceeded") as caught:
         await p.read([service])
-    assert caught.value.kind == "Throttling"
+    assert caught.value.kind == "throttled"
 
 
 def test_the_example_config_is_valid() -> None:
     config = load_config(str(ROOT / "config" / "elbv2.yaml"))
-    assert [bool(s.listener_arn) for s in config.services] == [True, False]
+    keys = [s.adapter_keys(Elbv2Service) for s in config.services]
+    assert [bool(k.listener_arn) for k in keys] == [True, False]
 
 
 def test_validate_service_checks_arn_forms_and_regions() -> None:
@@ -248,11 +249,10 @@ def test_validate_service_checks_arn_forms_and_regions() -> None:
     service = make_service(
         {"primary": [tg, "tg-1"], "standby": [tg, west]},
         rule_arn=f"{ACCOUNT_ARN}:listener/app/web/0123456789abcdef/0123456789abcdef",
-        backend="be",
     )
+    rule_arn = service.adapter_keys(Elbv2Service).rule_arn
     assert Elbv2Provider.validate_service(service, Elbv2Config(type="elbv2")) == [
-        ("rule_arn", f"{service.rule_arn!r} is not a listener rule ARN"),
-        ("backend", "only for a haproxy provider"),
+        ("rule_arn", f"{rule_arn!r} is not a listener rule ARN"),
         ("sites[0].targets[1]", "'tg-1' is not a target group ARN"),
         ("sites[1].targets[0]", f"target group {tg} is already in site primary"),
         ("sites[1].targets[1]", f"{west} is in us-west-2, the provider's region is us-east-1"),

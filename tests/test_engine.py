@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
+from tests.factories import service_data
 from trafficflip.backend.testing import MemoryConfig, MemoryProvider
 from trafficflip.config.loader import Config, ProviderSpec, load_config
 from trafficflip.decision.model import Answer, ProbeResult
 from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.state import SqliteStateStore
 
@@ -20,28 +22,14 @@ def config(services: int = 1) -> Config:
     data: dict[str, Any] = {
         "providers": {},
         "services": [
-            {
-                "name": "www" if i == 0 else f"s{i}",
-                "provider": "mem",
-                "zone": "example.com.",
-                "record": f"s{i}.example.com.",
-                "type": "A",
-                "ttl": 1,
-                "health": {"interval": 1, "timeout": 0.5, "fall": 2, "rise": 2},
-                "failback": {"stabilize": 0, "steps": [50, 100], "step_duration": 1},
-                "sites": [
-                    {
-                        "name": "primary",
-                        "targets": ["192.0.2.10"],
-                        "checks": [{"type": "tcp", "address": "127.0.0.1:1"}],
-                    },
-                    {
-                        "name": "dr",
-                        "targets": ["198.51.100.20"],
-                        "checks": [{"type": "tcp", "address": "127.0.0.1:2"}],
-                    },
-                ],
-            }
+            service_data(
+                "www" if i == 0 else f"s{i}",
+                provider="mem",
+                record=f"s{i}.example.com.",
+                ttl=1,
+                health={"interval": 1, "timeout": 0.5, "fall": 2, "rise": 2},
+                failback={"stabilize": 0, "steps": [50, 100], "step_duration": 1},
+            )
             for i in range(services)
         ],
     }
@@ -56,9 +44,8 @@ class Rig:
         self.now = 1000.0
         self.provider = MemoryProvider()
         self.store = SqliteStateStore(":memory:")
-        self.engine = Engine(
-            config(services), self.store, {"mem": self.provider}, clock=lambda: self.now
-        )
+        clock = Clock(monotonic=lambda: self.now, wall=lambda: self.now)
+        self.engine = Engine(config(services).services, self.store, {"mem": self.provider}, clock)
 
     def probe(self, site: str, ok: bool, times: int = 2) -> None:
         port = 1 if site == "primary" else 2
@@ -69,10 +56,18 @@ class Rig:
                         key, ProbeResult(ok, "ok" if ok else "connect refused", 0.001, self.now)
                     )
 
+    async def reconcile(self) -> None:
+        await self.engine.reconcile()
+        await self.settle()
+
+    async def tick(self) -> None:
+        await self.engine.tick()
+        await self.settle()
+
     async def settle(self) -> None:
-        """Let requested convergences run."""
-        while self.engine._flusher is not None and not self.engine._flusher.done():
-            await self.engine._flusher
+        """Let requested convergences run, and their records reach the store."""
+        await self.engine.idle()
+        assert self.engine.writer is not None and self.engine.writer.flush()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -136,11 +131,11 @@ async def test_a_permanent_failure_is_not_hammered() -> None:
     rig.probe("primary", False)
     await rig.settle()
     assert calls == 1
-    assert rig.engine._retry_handles == {}
+    assert rig.engine.syncs["mem"].retry_at is None
     kinds = [e.kind for e in rig.store.journal("www")]
     assert "provider_error" in kinds
     rig.provider.fail = None
-    await rig.engine.reconcile()  # the reconcile interval retries it
+    await rig.reconcile()  # the reconcile interval retries it
     assert rig.provider.weights("www") == {"primary": 0, "dr": 100}
 
 
@@ -149,7 +144,7 @@ async def test_reconcile_corrects_drift_and_journals_it() -> None:
     rig.probe("primary", True), rig.probe("dr", True)
     await rig.settle()
     rig.provider.answers["www"]["dr"] = Answer("dr", frozenset({"198.51.100.20"}), 100, 1)
-    await rig.engine.reconcile()
+    await rig.reconcile()
     assert rig.provider.weights("www") == {"primary": 100, "dr": 0}
     assert rig.store.journal("www")[-1].kind == "drift"
 
@@ -174,10 +169,10 @@ async def test_the_ramp_advances_only_after_the_step_was_applied_and_held() -> N
     await rig.settle()
     assert rig.provider.weights("www") == {"primary": 50, "dr": 50}
     rig.now += 0.5
-    await rig.engine.tick()
+    await rig.tick()
     assert rig.provider.weights("www") == {"primary": 50, "dr": 50}
     rig.now += 0.5
-    await rig.engine.tick()
+    await rig.tick()
     assert rig.provider.weights("www") == {"primary": 100, "dr": 0}
 
 
@@ -188,7 +183,7 @@ async def test_commands_from_the_store_are_taken_on_tick(command: str) -> None:
     await rig.settle()
     command_id = rig.store.submit("www", command, {"reason": "change window"}, "cli")
     bad_id = rig.store.submit("www", "failover", {"to": "mars"}, "cli")
-    await rig.engine.tick()
+    await rig.tick()
     assert rig.store.command_result(command_id) == "ok"
     assert "has no site 'mars'" in (rig.store.command_result(bad_id) or "")
     rig.probe("primary", False)
@@ -215,7 +210,7 @@ async def test_one_refused_service_does_not_hold_back_the_others() -> None:
     assert rig.store.journal("www")[-1].kind == "provider_change"
     assert rig.store.journal("s1")[-1].kind == "provider_error"
     rig.provider.refuse = frozenset()
-    await rig.engine.reconcile()
+    await rig.reconcile()
     assert rig.provider.weights("s1")["dr"] == 100
 
 
@@ -224,8 +219,63 @@ async def test_lagging_instances_reach_the_provider_status() -> None:
     rig.probe("primary", True), rig.probe("dr", True)
     await rig.settle()
     rig.provider.lagging_instances = ("/run/haproxy-b.sock",)
-    await rig.engine.reconcile()
+    await rig.reconcile()
     assert rig.engine.provider_status["mem"].lagging == ("/run/haproxy-b.sock",)
     rig.provider.lagging_instances = ()
-    await rig.engine.reconcile()
+    await rig.reconcile()
     assert rig.engine.provider_status["mem"].lagging == ()
+
+
+class GatedProvider(MemoryProvider):
+    """Holds each apply until the test opens the gate: a call in flight, on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.in_flight = asyncio.Event()
+        # Failures that start once the call in flight has landed.
+        self.then_fail: Callable[[], Exception] | None = None
+
+    async def _apply(self, plan: Any) -> Any:
+        self.in_flight.set()
+        await self.gate.wait()
+        self.in_flight.clear()
+        receipt = await super()._apply(plan)
+        self.fail = self.then_fail
+        return receipt
+
+
+async def test_a_step_counts_as_applied_only_when_its_own_plan_reached_the_provider() -> None:
+    rig = Rig()
+    provider = rig.provider = GatedProvider()
+    rig.engine = Engine(config().services, rig.store, {"mem": provider}, rig.engine.clock)
+    rig.probe("primary", False), rig.probe("dr", True)
+    await rig.settle()
+    rig.probe("primary", True)  # failback starts: the 50 % step goes out ...
+    provider.gate.clear()
+    await rig.engine.tick()
+    await asyncio.wait_for(provider.in_flight.wait(), 5)
+    assert rig.engine.states["www"].shares == {"primary": 50, "dr": 50}
+    rig.probe("primary", False)  # ... and while it is in flight, the primary fails again
+    assert rig.engine.states["www"].shares == {"primary": 0, "dr": 100}
+    provider.then_fail = lambda: TransientProviderError("network down")  # no follow-up lands
+    provider.gate.set()
+    await rig.settle()
+    assert provider.weights("www") == {"primary": 50, "dr": 50}
+    # The 50 % plan returned, but it was not the plan for the current decision.
+    assert rig.engine.states["www"].applied_at is None
+    provider.fail = None
+    await until(lambda: provider.weights("www") == {"primary": 0, "dr": 100})
+    await until(lambda: rig.engine.states["www"].applied_at is not None)
+
+
+async def test_decisions_made_together_go_out_in_one_call() -> None:
+    rig = Rig(services=50)
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    before = rig.provider.applies
+    rig.probe("primary", False)  # one shared check: fifty failovers at once
+    await rig.settle()
+    assert rig.provider.applies - before == 1
+    assert all(rig.provider.weights(n)["dr"] == 100 for n in rig.engine.services)

@@ -132,7 +132,7 @@ async def test_one_instance_down_the_other_is_updated_and_named(
         plan = await plan_for(provider, service, {"standby": 100})
         assert [c.after.weight for c in plan.changes if c.after] == [0, 100]
         with pytest.raises(TransientProviderError) as caught:
-            await provider._apply(plan)  # the public apply retries this with backoff
+            await provider.apply(plan)  # the engine retries this with backoff
         assert str(caught.value) == (
             f"haproxy lb: {down.socket} lags (Connection refused); updated {up.socket}"
         )
@@ -149,6 +149,30 @@ async def test_one_instance_down_the_other_is_updated_and_named(
     finally:
         up.close()
         down.close()
+
+
+async def test_a_batch_is_one_session_per_instance(http_sites: dict[str, HttpSite]) -> None:
+    """Three services in three backends: one read and one write session on each instance."""
+    sites = {"primary": ["a1"], "standby": ["b1"]}
+    backends = ("be", "api", "db")
+    servers = {n: http_sites[n] for n in ("a1", "b1")}
+    first = HaproxyServer(servers, extra_backends=backends[1:]).start()
+    second = HaproxyServer(servers, extra_backends=backends[1:]).start()
+    try:
+        provider = provider_for({"socket": first.socket}, {"socket": second.socket})
+        services = [
+            make_service(b, sites).model_copy(update={"name": f"svc-{b}"}) for b in backends
+        ]
+        actual = await provider.read(services)
+        desired = {s.name: render(s, {"standby": 100}, weighted=True) for s in services}
+        changes = [c for s in services for c in diff(s, desired[s.name], actual[s.name])]
+        await provider.apply(make_plan(changes, desired))
+        assert [api.budget.spent for api in provider.apis] == [2, 2]
+        for backend in backends:
+            assert first.weights(backend) == second.weights(backend) == {"a1": 0, "b1": 100}
+    finally:
+        first.close()
+        second.close()
 
 
 async def test_every_instance_down_is_transient(haproxy: HaproxyServer) -> None:
@@ -225,13 +249,37 @@ def test_split_responses_keeps_one_answer_per_command() -> None:
 
 def test_validate_service_reports_key_paths() -> None:
     service = make_service(sites={"primary": ["a1", "bad name"], "standby": ["a1"]})
-    service = service.model_copy(update={"backend": None, "listener_arn": "arn:x"})
+    service = service.model_copy(update={"backend": None})
     assert HaproxyProvider.validate_service(service, None) == [
         ("backend", "required for a haproxy service (the backend's name)"),
-        ("listener_arn", "only for an elbv2 provider"),
         ("sites[0].targets[1]", "'bad name' is not a HAProxy server name"),
         ("sites[1].targets[0]", "server a1 is already in site primary"),
     ]
+
+
+@pytest.mark.parametrize("name", ["be\n", "be\nshow info", "be;x", "be x", "be/x", ""])
+def test_names_must_match_whole(name: str) -> None:
+    """A trailing newline once passed check-config and cut the runtime command line."""
+    data = config_data({"type": "haproxy", "socket": "/s"})
+    data["services"][0]["backend"] = name
+    data["services"][0]["sites"][0]["targets"] = [name]
+    with pytest.raises(ConfigError) as caught:
+        load_config(data=data)
+    assert caught.value.problems == [f"services[0].backend: {name!r} is not a HAProxy backend name"]
+    data["services"][0]["backend"] = "be"
+    with pytest.raises(ConfigError) as caught:
+        load_config(data=data)
+    assert caught.value.problems == [
+        f"services[0].sites[0].targets[0]: {name!r} is not a HAProxy server name"
+    ]
+
+
+def test_another_adapters_key_is_unknown() -> None:
+    data = config_data({"type": "haproxy", "socket": "/s"})
+    data["services"][0]["listener_arn"] = "arn:x"
+    with pytest.raises(ConfigError) as caught:
+        load_config(data=data)
+    assert caught.value.problems == ["services[0].listener_arn: unknown key"]
 
 
 def config_data(provider: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,9 @@ def test_payloads_from_a_running_service(tmp_path: Path, moto_server: MotoServer
             what="the failover notice",
         )[0]
         assert failover["service"] == "www" and failover["source"] == "trafficflip"
-        assert failover["message"] == "primary down (connect refused x2) -> dr"
+        # The line names the failing check, not only the reason.
+        check = f"http {service.primary.url}"
+        assert failover["message"] == f"primary down ({check} connect refused x2) -> dr"
         assert failover["data"]["shares"] == STANDBY and failover["time"].endswith("Z")
         service.primary.start()
         wait_until(lambda: service.weights() == PRIMARY, timeout=20, what="failback")

@@ -15,12 +15,13 @@ import pytest
 
 from tests.support import HttpSite
 from trafficflip.config.schema import DnsCheck, HttpCheck, TcpCheck
-from trafficflip.runtime.probes import Prober
+from trafficflip.runtime.probes import HttpPath, Prober
 
 
-@pytest.fixture
-async def prober() -> AsyncIterator[Prober]:
-    prober = Prober()
+@pytest.fixture(params=["lean", "httpx"])
+async def prober(request: pytest.FixtureRequest) -> AsyncIterator[Prober]:
+    """Every probe test runs on both HTTP paths (the other checks simply run twice)."""
+    prober = Prober(http=request.param)
     yield prober
     await prober.close()
 
@@ -167,21 +168,21 @@ async def test_a_timeout_while_our_loop_was_stalled_is_inconclusive(
     assert (result.ok, result.inconclusive, result.reason) == (False, False, "timeout")
 
 
+@pytest.mark.parametrize("path", ["lean", "httpx"])
 async def test_probes_beyond_the_in_flight_bound_wait_without_their_timeout_running(
-    silent_server: str,
+    silent_server: str, path: HttpPath
 ) -> None:
     import asyncio
     import time
 
-    prober = Prober(max_in_flight=1)
+    prober = Prober(max_in_flight=1, http=path)
     try:
         check = http_check(f"http://{silent_server}/healthz")
-        started = time.time()
+        started = time.monotonic()
         first, second = await asyncio.gather(prober.probe(check, 0.2), prober.probe(check, 0.2))
         assert (first.reason, second.reason) == ("timeout", "timeout")
         # The second waited for the whole first probe before its own timeout started, so its
-        # latency leaves out the wait (clocks differ slightly: wall for ``at``, monotonic for
-        # latency; the first probe's 0.2 s dwarfs that).
+        # latency leaves out the wait (``at`` and latency are both monotonic).
         assert (second.at - started) - second.latency >= first.latency * 0.9
     finally:
         await prober.close()

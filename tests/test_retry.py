@@ -1,72 +1,42 @@
-"""Backoff for transient provider errors, in virtual time (the sleep is recorded, not slept)."""
+"""Backoff for transient provider errors: the provider sync is its one owner, in virtual time."""
 
 from __future__ import annotations
 
 import random
 
-import pytest
-
+from tests.test_engine import Rig
 from trafficflip.errors import PermanentProviderError, TransientProviderError
-from trafficflip.runtime.retry import (
-    ATTEMPTS,
-    BASE_DELAY,
-    MAX_DELAY,
-    backoff_delay,
-    retry_transient,
-)
+from trafficflip.runtime.retry import BASE_DELAY, MAX_DELAY, backoff_delay
+from trafficflip.runtime.sync import RETRY_CAP
 
 
-class Flaky:
-    def __init__(self, failures: list[Exception]) -> None:
-        self.failures = failures
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.failures:
-            raise self.failures.pop(0)
-        return "done"
+async def failing_once(error: Exception) -> Rig:
+    rig = Rig()
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    rig.provider.fail = lambda: error
+    rig.probe("primary", False)
+    await rig.settle()
+    return rig
 
 
-async def test_transient_errors_are_retried_with_growing_jittered_delays() -> None:
-    slept: list[float] = []
-
-    async def sleep(delay: float) -> None:
-        slept.append(delay)
-
-    call = Flaky([TransientProviderError("Throttling", kind="Throttling")] * 3)
-    assert await retry_transient(call, what="test", sleep=sleep) == "done"
-    assert call.calls == 4
-    assert all(0 <= d <= min(MAX_DELAY, BASE_DELAY * 2**i) for i, d in enumerate(slept))
+async def test_a_transient_error_is_retried_after_a_capped_backoff() -> None:
+    rig = await failing_once(TransientProviderError("network down"))
+    retry_at = rig.engine.syncs["mem"].retry_at
+    assert retry_at is not None and 0 < retry_at - rig.now <= RETRY_CAP
 
 
-async def test_the_last_transient_error_is_raised_after_the_attempts() -> None:
-    async def sleep(delay: float) -> None:
-        pass
-
-    call = Flaky([TransientProviderError(f"PriorRequestNotComplete {i}") for i in range(9)])
-    with pytest.raises(TransientProviderError, match=f"PriorRequestNotComplete {ATTEMPTS - 1}"):
-        await retry_transient(call, what="test", sleep=sleep)
-    assert call.calls == ATTEMPTS
+async def test_retry_after_is_honoured() -> None:
+    rig = await failing_once(TransientProviderError("Throttling", retry_after=7.0))
+    assert rig.engine.syncs["mem"].retry_at == rig.now + 7.0
 
 
-async def test_permanent_errors_are_not_retried_and_retry_after_is_honoured() -> None:
-    slept: list[float] = []
-
-    async def sleep(delay: float) -> None:
-        slept.append(delay)
-
-    call = Flaky([PermanentProviderError("AccessDenied")])
-    with pytest.raises(PermanentProviderError):
-        await retry_transient(call, what="test", sleep=sleep)
-    assert call.calls == 1 and slept == []
-    call = Flaky([TransientProviderError("slow down", retry_after=7.0)])
-    await retry_transient(call, what="test", sleep=sleep)
-    assert slept == [7.0]
+async def test_a_permanent_error_waits_for_the_reconcile() -> None:
+    rig = await failing_once(PermanentProviderError("AccessDenied"))
+    assert rig.engine.syncs["mem"].retry_at is None
 
 
 def test_backoff_is_capped_full_jitter() -> None:
     rng = random.Random(1)
     delays = [backoff_delay(attempt, rng=rng) for attempt in range(20)]
-    assert all(0 <= d <= MAX_DELAY for d in delays)
-    assert max(delays[10:]) > BASE_DELAY * 4  # it does grow
+    assert all(0 <= d <= min(MAX_DELAY, BASE_DELAY * 2**i) for i, d in enumerate(delays))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -215,13 +217,21 @@ async def test_named_stopped_is_transient(named: Named, provider: Rfc2136Provide
         await provider.read([service()])
 
 
-async def test_deleting_or_emptying_the_rrset_is_refused(provider: Rfc2136Provider) -> None:
-    svc = service()
+async def test_deleting_or_emptying_the_rrset_is_refused_for_that_service_only(
+    named: Named, provider: Rfc2136Provider
+) -> None:
+    svc, other = service(), service("api")
     current = Answer(None, frozenset({"192.0.2.1"}), None, 30)
-    for after in (None, Answer(None, frozenset(), None, 30)):
+    for index, after in enumerate((None, Answer(None, frozenset(), None, 30))):
         change = Change(svc, "delete" if after is None else "update", current, after)
-        with pytest.raises(UnsafePlanError, match="refusing"):
-            await provider._apply(Plan((change,)))
+        created = Answer(None, frozenset({f"192.0.2.{50 + index}"}), None, 30)
+        desired = {svc.name: (current,), other.name: (created,)}
+        before = (await provider.read([other]))[other.name]
+        fine = Change(other, "update" if before else "create", next(iter(before), None), created)
+        with pytest.raises(UnsafePlanError, match="refusing") as caught:
+            await provider.apply(Plan((change, fine), desired))
+        assert caught.value.services == {"www"}
+        assert named.values(f"api.{ZONE}", "A") == set(created.targets)
 
 
 # -- conflicts, restarts, confirmation ---------------------------------------------------
@@ -349,3 +359,60 @@ def test_a_cname_at_the_zone_apex_is_a_config_problem() -> None:
         ("record", "a CNAME cannot be at the zone apex (it holds SOA and NS)")
     ]
     assert Rfc2136Provider.validate_service(service(), config) == []
+
+
+# -- update permission (check-config --live) -----------------------------------------------
+
+
+@pytest.fixture
+def policy_named(tmp_path: Path) -> Iterator[Named]:
+    """A zone whose update-policy lets the key write www's A RRset and nothing else."""
+    policy = f"grant {KEY_NAME} name www.{ZONE} A;"
+    server = Named(tmp_path / "named", {ZONE: ["api IN A 192.0.2.9"]}, update_policy=policy)
+    yield server.start()
+    server.stop()
+
+
+async def test_live_check_names_a_record_the_update_policy_denies(policy_named: Named) -> None:
+    provider = provider_for(policy_named)
+    serial = policy_named.serial()
+    api = service("api")
+    problems = await provider.check_live(
+        [service(), api, service("www6", "AAAA", record=f"www.{ZONE}")]
+    )
+    assert problems == [
+        f"providers.bind: service {name}: the key {KEY_NAME} may not update {record} {rtype} "
+        "(REFUSED): see the zone's update-policy"
+        for name, record, rtype in (("api", f"api.{ZONE}", "A"), ("www6", f"www.{ZONE}", "AAAA"))
+    ]
+    assert await provider.check_live([service()]) == []
+    # The probes changed nothing: the prerequisites can never hold.
+    assert policy_named.serial() == serial
+    assert policy_named.values(f"api.{ZONE}", "A") == {"192.0.2.9"}
+    assert policy_named.values(f"www.{ZONE}", "A") == set()
+    # The first real update then fails with a hint naming update-policy.
+    plan = await converge_plan(provider, [api], {"primary": 100})
+    with pytest.raises(PermanentProviderError, match="update-policy") as caught:
+        await provider.apply(plan)
+    assert caught.value.kind == "REFUSED"
+
+
+async def test_a_host_name_lookup_is_bounded_by_the_timeout(named: Named) -> None:
+    async def hanging(host: str) -> str:
+        await asyncio.sleep(3600)  # a resolver that never answers
+        return host
+
+    provider = provider_for(named)
+    provider.client.lookup = hanging
+    started = time.monotonic()
+    with pytest.raises(TransientProviderError, match="looking up 127.0.0.1 took more than 1s"):
+        await provider.read([service()])
+    assert time.monotonic() - started < 10  # the 1s timeout, with slack for a loaded machine
+
+
+def test_the_tsig_key_repr_hides_the_secret(named: Named) -> None:
+    provider = provider_for(named)
+    assert provider.client.key is not None
+    for text in (repr(provider.client.key), str(provider.client.key), repr(provider.config)):
+        assert named.secret not in text
+    assert KEY_NAME in repr(provider.client.key)

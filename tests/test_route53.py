@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import email.utils
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 
+from tests.support import CountingProxy, MotoServer
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import plan_services, render
 from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.providers._aws import parse_retry_after
 from trafficflip.providers.route53 import Route53Config, Route53Provider, _batches
 
 pytestmark = pytest.mark.usefixtures("aws_env")
@@ -65,7 +69,9 @@ async def converge(provider: Route53Provider, svc: ServiceConfig, shares: dict[s
 
 
 def record_sets(zone_id: str, name: str = "www.example.com.") -> dict[str | None, Any]:
-    sets = boto3.client("route53").list_resource_record_sets(HostedZoneId=zone_id)
+    sets = boto3.client("route53").list_resource_record_sets(
+        HostedZoneId=zone_id, StartRecordName=name
+    )
     return {r.get("SetIdentifier"): r for r in sets["ResourceRecordSets"] if r["Name"] == name}
 
 
@@ -204,9 +210,96 @@ def test_batches_split_at_route53_limits_and_keep_a_name_together() -> None:
             "ResourceRecordSet": {"Name": name, "ResourceRecords": [{"Value": value}]},
         }
 
+    # An UPSERT's record counts twice against the 1,000 ResourceRecord elements.
     changes = [upsert(f"n{i // 2}.example.com.") for i in range(2500)]
     batches = _batches(changes)
-    assert [len(b) for b in batches] == [1000, 1000, 500]
+    assert [len(b) for b in batches] == [500] * 5
+    assert all(len({c["ResourceRecordSet"]["Name"] for c in b}) == 250 for b in batches)
+    deletes = [{**upsert(f"d{i}.example.com."), "Action": "DELETE"} for i in range(1500)]
+    assert [len(b) for b in _batches(deletes)] == [1000, 500]
     big = [upsert(f"b{i}.example.com.", "x" * 1000) for i in range(40)]
     assert all(sum(2 * 1000 for _ in b) <= 32000 for b in _batches(big))
     assert len(_batches(big)) == 3
+
+
+# -- quotas: call budget, throttling, few calls at start ------------------------------------
+
+
+@pytest.fixture
+def proxy(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingProxy]:
+    counting = CountingProxy(moto_server.url, max_changes_per_second=5)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", counting.url)
+    yield counting
+    counting.stop()
+
+
+async def test_initial_convergence_of_250_services_takes_four_calls(
+    zone_id: str, proxy: CountingProxy
+) -> None:
+    """250 services x 2 weighted sites = 500 UPSERTs = 1,000 records as Route53 counts them:
+    exactly one change call. Zone lookup, one listing page, the change, one GetChange."""
+    provider = Route53Provider.create("aws", Route53Config(type="route53"))
+    services = [service(f"s{i:03d}") for i in range(250)]
+    actual = await provider.read(services)
+    shares = {"primary": 100, "dr": 0}
+    plan = plan_services((s, render(s, shares, weighted=True), actual[s.name]) for s in services)
+    receipt = await provider.apply(plan)
+    assert receipt is not None
+    await provider.confirm(receipt)
+    assert (proxy.changes, proxy.throttled, proxy.requests) == (1, 0, 4)
+    held = record_sets(zone_id, "s249.example.com.")
+    assert held["primary"]["Weight"] == 100 and held["dr"]["Weight"] == 0
+
+
+async def test_one_more_service_splits_at_the_documented_limit(
+    zone_id: str, proxy: CountingProxy
+) -> None:
+    provider = Route53Provider.create("aws", Route53Config(type="route53"))
+    services = [service(f"s{i:03d}") for i in range(251)]
+    shares = {"primary": 100, "dr": 0}
+    plan = plan_services((s, render(s, shares, weighted=True), ()) for s in services)
+    receipt = await provider.apply(plan)
+    assert receipt is not None and len(receipt.change_ids) == 2
+    assert (proxy.changes, proxy.throttled) == (2, 0)
+
+
+async def test_the_budget_keeps_calls_under_route53s_rate(
+    zone_id: str, proxy: CountingProxy
+) -> None:
+    provider = Route53Provider.create("aws", Route53Config(type="route53"))
+    svc = service()
+    for turn in range(8):
+        await converge(provider, svc, {"primary": 100, "dr": 0} if turn % 2 else {"dr": 100})
+    assert (proxy.changes, proxy.throttled) == (8, 0)
+    assert provider.budget.spent == proxy.requests
+
+
+async def test_a_throttling_answer_is_raised_not_retried_by_botocore(
+    zone_id: str, proxy: CountingProxy
+) -> None:
+    proxy._rate = 1  # Route53 sees more calls than our budget knows of (another client)
+    config = Route53Config(type="route53", hosted_zone_id=zone_id, max_calls_per_second=100)
+    provider = Route53Provider.create("aws", config)
+    svc = service()
+    plan = plan_services([(svc, render(svc, {"primary": 100}, weighted=True), ())])
+    await provider.apply(plan)
+    with pytest.raises(TransientProviderError) as caught:
+        await provider.apply(plan)
+    assert caught.value.kind == "throttled" and caught.value.retry_after is None
+    assert "Throttling: Rate exceeded" in str(caught.value)
+    assert (proxy.changes, proxy.throttled) == (1, 1)  # one request each: no hidden retry
+    assert provider.budget.bucket is not None
+    assert provider.budget.bucket.available(provider.budget.clock()) < 0  # held back
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [(None, None), ("", None), ("3", 3.0), ("0.5", 0.5), ("-1", 0.0), ("soon", None)],
+)
+def test_retry_after_is_read_in_seconds(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header) == seconds
+
+
+def test_retry_after_as_an_http_date() -> None:
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < (parse_retry_after(later) or 0) <= 30

@@ -1,4 +1,7 @@
-"""The ``trafficflip`` command. Configuration problems exit 2 with ``key.path: reason`` lines."""
+"""trafficflip: health-checked traffic failover for DNS records and load-balancer pools.
+
+Exit codes: 0 success; 1 a command failed (a --live check, a refused operator command, a
+state file in use by another run); 2 a configuration problem, printed as key.path: reason."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from trafficflip import __version__
 from trafficflip.backend.provider import Provider
 from trafficflip.config.loader import Config, load_config
 from trafficflip.decision.commands import (
@@ -45,13 +49,23 @@ from trafficflip.operations.views import (
     journal_view,
     stored_view,
 )
+from trafficflip.runtime import eventloop
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.monitor import ProbeJob
 from trafficflip.runtime.probes import Prober
+from trafficflip.runtime.reload import Reloader
 from trafficflip.runtime.scheduler import Runner
-from trafficflip.runtime.state import SqliteStateStore, open_store, open_store_read_only
+from trafficflip.runtime.state import (
+    SqliteStateStore,
+    StateLock,
+    StateLocked,
+    open_store,
+    open_store_read_only,
+)
 
 EXIT_CONFIG = 2
+# Extra probes a preview may spend on inconclusive results before it reports a check undecided.
+PREVIEW_RETRIES = 5
 COMMAND_WAIT = 5.0
 API_URL_ENV, API_TOKEN_ENV = "TRAFFICFLIP_API_URL", "TRAFFICFLIP_API_TOKEN"
 API_TIMEOUT = 10.0
@@ -68,7 +82,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if problems:
             print("\n".join(problems))
             return 1
-    print(f"config OK: {len(config.services)} services")
+    count = len(config.services)
+    print(f"config OK: {count} service{'' if count == 1 else 's'}")
     return 0
 
 
@@ -84,11 +99,20 @@ async def _live_problems(config: Config) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(config.settings.log_level, config.settings.log_format)
-    asyncio.run(serve(config))
+    lock = StateLock(config.settings.state)
+    try:
+        lock.acquire()
+    except StateLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        eventloop.run(serve(config, args.config))  # uvloop when installed: less CPU per probe
+    finally:
+        lock.release()
     return 0
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, path: str | None = None) -> None:
     """Run the scheduler, the notifier and the API in this loop until SIGTERM or SIGINT."""
     # Imported here: the API pulls in FastAPI, which the other commands do not need.
     from trafficflip.operations.api import ApiServer, create_app, load_tokens
@@ -98,16 +122,32 @@ async def serve(config: Config) -> None:
     api_config = config.settings.api
     tokens = load_tokens(api_config)  # a bad tokens file is a ConfigError before anything runs
     store = open_store(config.settings.state)
-    engine = Engine(config, store, build_providers(config))
-    runner = Runner(engine, Prober(), reconcile_interval=config.settings.reconcile_interval)
+    engine = Engine(config.services, store, build_providers(config))
+    settings = config.settings
+    runner = Runner(
+        engine,
+        Prober(),
+        reconcile_interval=settings.reconcile_interval,
+        probe_workers=settings.probe_workers,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
     metrics = Metrics(engine, runner)
     runner.components.append(Notifier(config.settings.notify, engine, counted=metrics.notified))
     if api_config.enabled:
         app = create_app(engine, runner, metrics, tokens, api_config)
         runner.components.append(ApiServer(app, api_config.listen))
+    reloader = Reloader(
+        path,
+        config,
+        engine,
+        build_providers,
+        lambda: asyncio.get_running_loop().create_task(runner.sync_probes()),
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     try:
         await runner.run()
     finally:
@@ -133,13 +173,20 @@ async def preview_plan(config: Config) -> str:
             if state is not None:
                 scratch.save(service.name, state, [])
         stored.close()
-    engine = Engine(config, scratch, build_providers(config), read_only=True)
+    engine = Engine(config.services, scratch, build_providers(config), read_only=True)
     prober = Prober()
 
     async def settle(key: str, job: ProbeJob) -> None:
         # rise probes prove a site up, fall prove it down: a dead site needs fall of them.
-        for _ in range(max(job.health.rise, job.health.fall)):
-            engine.observe(key, await prober.probe(job.check, job.health.timeout))
+        # An inconclusive probe (our own loop overloaded) counts neither way: probe again.
+        needed = max(job.health.rise, job.health.fall)
+        conclusive = 0
+        for _ in range(needed + PREVIEW_RETRIES):
+            result = await prober.probe(job.check, job.health.timeout)
+            engine.observe(key, result)
+            conclusive += not result.inconclusive
+            if conclusive >= needed:
+                return
 
     await asyncio.gather(*(settle(key, job) for key, job in engine.jobs.items()))
     await prober.close()
@@ -220,8 +267,9 @@ def render_status(
 def _status_from_store(
     args: argparse.Namespace,
 ) -> tuple[Summary, list[ServiceView], list[dict[str, Any]]]:
-    config = load_config(args.config)
-    store = open_store(config.settings.state)
+    # Reading the state needs no provider settings (nor their secrets), and creates nothing.
+    config = load_config(args.config, providers=False)
+    store = open_store_read_only(config.settings.state) or SqliteStateStore(":memory:")
     now = time.time()
     views = []
     for service in config.services:
@@ -297,7 +345,7 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
             payload[spec.site_arg] = getattr(args, spec.site_arg)
         if args.api:
             return _command_via_api(spec, args, payload)
-        config = load_config(args.config)
+        config = load_config(args.config, providers=False)
         if args.service not in {s.name for s in config.services}:
             print(f"unknown service {args.service!r}", file=sys.stderr)
             return EXIT_CONFIG
@@ -325,13 +373,27 @@ def _wait_for_result(store: SqliteStateStore, command_id: int, wait: float) -> s
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from trafficflip.demo import run_demo  # the demo pulls in moto, only a test dependency
+    try:
+        import moto  # noqa: F401 - the demo's Route53 emulation, an optional extra
+    except ImportError:
+        print(
+            "trafficflip demo runs on moto's Route53 emulation, which is not installed: "
+            "pip install 'trafficflip[demo]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    from trafficflip.demo import run_demo
 
     return int(run_demo())
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="trafficflip", description=__doc__)
+    top = argparse.ArgumentParser(
+        prog="trafficflip",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
 
     def add(

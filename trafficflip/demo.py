@@ -143,7 +143,7 @@ async def script(engine: Engine, runner: Runner, primary: DemoSite) -> None:
 async def _run(config: Config, primary: DemoSite) -> None:
     store = open_store(config.settings.state)
     engine = Engine(
-        config,
+        config.services,
         store,
         {name: spec.cls.create(name, spec.config) for name, spec in config.providers.items()},
     )

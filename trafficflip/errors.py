@@ -18,25 +18,14 @@ from collections.abc import Sequence
 
 
 class TrafficflipError(Exception):
-    """Base of every error trafficflip raises on purpose."""
+    """Base of every error trafficflip raises on purpose.
 
-
-class ConfigError(TrafficflipError):
-    """The configuration has one or more problems, each ``key.path: reason``."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
-
-
-class ProviderError(TrafficflipError):
-    """A provider call failed. ``kind`` is a short label for metrics and status.
-
-    ``services`` names the services the failure is about when a provider applied the rest of
-    a plan (one bad record must not block every other flip); ``None`` means all of them.
+    ``kind`` is a short label for metrics and status. ``services`` names the services the
+    failure is about when the rest of a batch went through (one bad record must not block
+    every other flip); ``None`` means all of them. Callers read both directly.
     """
 
-    kind = "provider"
+    kind = "error"
 
     def __init__(
         self, message: str, *, kind: str | None = None, services: frozenset[str] | None = None
@@ -45,6 +34,22 @@ class ProviderError(TrafficflipError):
         if kind is not None:
             self.kind = kind
         self.services = services
+
+
+class ConfigError(TrafficflipError):
+    """The configuration has one or more problems, each ``key.path: reason``."""
+
+    kind = "config"
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ProviderError(TrafficflipError):
+    """A provider call failed (``kind`` and ``services`` as on ``TrafficflipError``)."""
+
+    kind = "provider"
 
 
 class TransientProviderError(ProviderError):
@@ -71,7 +76,9 @@ class PermanentProviderError(ProviderError):
 
 
 class UnsafePlanError(TrafficflipError):
-    """The plan breaks a safety rule and is refused."""
+    """The plan breaks a safety rule and is refused (for the ``services`` it names)."""
+
+    kind = "unsafe"
 
 
 class CommandError(TrafficflipError):

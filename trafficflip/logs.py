@@ -41,5 +41,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         "apscheduler",
         "werkzeug",
         "uvicorn",
+        "tzlocal",
+        "moto",
     ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

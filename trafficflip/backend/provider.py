@@ -14,11 +14,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
-from trafficflip.config.schema import ServiceConfig
+from trafficflip.config.schema import NoServiceKeys, ServiceConfig
 from trafficflip.decision.model import Answer
-from trafficflip.decision.plan import Plan, check_safe
-from trafficflip.errors import UnsafePlanError
-from trafficflip.runtime.retry import retry_transient
+from trafficflip.decision.plan import Change, Plan, check_safe
+from trafficflip.errors import ProviderError, UnsafePlanError
 
 log = logging.getLogger("trafficflip.backend.provider")
 
@@ -40,6 +39,10 @@ class Provider(ABC):
     provider is a DNS name (``record``/``type``/``ttl``) or a pool; ``SUPPORTS_WEIGHTS``
     whether a ramp is expressed as exact weights or as mixed answers; ``MAX_WEIGHT`` the
     largest weight the backend accepts.
+
+    ``Config`` validates the provider's settings (``providers.NAME``); ``Service`` validates
+    the service keys the provider owns (a pool's ``backend``), written flat in each service
+    next to the core's keys. Read them with ``service.adapter_keys(cls.Service)``.
     """
 
     TYPE: ClassVar[str]
@@ -47,6 +50,7 @@ class Provider(ABC):
     SUPPORTS_WEIGHTS: ClassVar[bool] = True
     MAX_WEIGHT: ClassVar[int] = 100
     Config: ClassVar[type[BaseModel]]
+    Service: ClassVar[type[BaseModel]] = NoServiceKeys
 
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
@@ -64,7 +68,8 @@ class Provider(ABC):
     def validate_service(cls, service: ServiceConfig, config: Any) -> list[tuple[str, str]]:
         """Provider-specific problems with a service, as (key path in the service, reason).
 
-        Called once at start and by ``check-config``; must not do I/O.
+        Called once at start and by ``check-config``, after the service's keys passed
+        ``Service``; must not do I/O.
         """
         return []
 
@@ -84,29 +89,67 @@ class Provider(ABC):
         Called only with a non-empty plan that passed the safety checks. Must change nothing
         outside the plan, must never leave half of one zone's/pool's changes applied when
         the backend offers atomic batches, and must build fresh requests on every call (it
-        is retried on ``TransientProviderError``).
+        may be called again with a new plan after a ``TransientProviderError``).
         """
 
     async def apply(self, plan: Plan) -> Receipt | None:
-        """Check, log and apply ``plan``, retrying transient errors with backoff."""
+        """Check, log and apply ``plan`` once. Never retries: the engine's provider sync owns
+        retry, backoff and re-batching (a throttled batch is planned again, not resent).
+
+        Safety is judged per service: the changes of a service that breaks a rule are left
+        out, the rest is applied, then ``UnsafePlanError`` names the refused services in
+        ``services`` (one service, say with shares for sites just renamed, must not block
+        the provider's others). A ``ProviderError`` from the rest names its own services
+        and the refused ones together.
+        """
         if not plan:
             return None
-        for service in plan.services:
-            # A plan built without its desired answers cannot be checked: refuse it.
-            check_safe(service, plan.desired.get(service.name, ()))
-        self._check_weights(plan)
-        log.info("apply provider=%s %s", self.name, plan.summary)
-        return await retry_transient(lambda: self._apply(plan), what=f"{self.name} apply")
+        refused = self._refusals(plan)
+        for name, reason in refused.items():
+            log.error("unsafe_plan provider=%s service=%s reason=%r", self.name, name, reason)
+        safe = _without(plan, refused)
+        receipt = None
+        if safe:
+            log.info("apply provider=%s %s", self.name, safe.summary)
+            try:
+                receipt = await self._apply(safe)
+            except ProviderError as exc:
+                if refused and exc.services is not None:
+                    exc.services = exc.services | frozenset(refused)
+                raise
+        if refused:
+            raise UnsafePlanError("; ".join(refused.values()), services=frozenset(refused))
+        return receipt
 
-    def _check_weights(self, plan: Plan) -> None:
-        """Refuse weights the backend cannot hold (some emulations accept them silently)."""
+    def _refusals(self, plan: Plan) -> dict[str, str]:
+        """Service name -> why its changes are refused, for every unsafe service."""
+        refused: dict[str, str] = {}
+        for service in plan.services:
+            try:
+                # A plan built without its desired answers cannot be checked: refuse it.
+                check_safe(service, plan.desired.get(service.name, ()))
+            except UnsafePlanError as exc:
+                refused[service.name] = str(exc)
         for change in plan.changes:
-            weight = change.after.weight if change.after is not None else None
-            if weight is not None and not 0 <= weight <= self.MAX_WEIGHT:
-                raise UnsafePlanError(
-                    f"{self.TYPE} {self.name}: weight {weight} for {change.service.name} "
-                    f"{change.site} is outside 0-{self.MAX_WEIGHT}"
-                )
+            reason = self._weight_problem(change) or self.refuse_change(change)
+            if reason is not None:
+                refused.setdefault(change.service.name, reason)
+        return refused
+
+    def _weight_problem(self, change: Change) -> str | None:
+        """Weights the backend cannot hold (some emulations accept them silently)."""
+        weight = change.after.weight if change.after is not None else None
+        if weight is not None and not 0 <= weight <= self.MAX_WEIGHT:
+            return (
+                f"{self.TYPE} {self.name}: weight {weight} for {change.service.name} "
+                f"{change.site} is outside 0-{self.MAX_WEIGHT}"
+            )
+        return None
+
+    def refuse_change(self, change: Change) -> str | None:
+        """Hook: why this backend must not make ``change`` (its service is then refused),
+        or ``None``. Pure; called by ``apply`` before anything is sent."""
+        return None
 
     async def confirm(self, receipt: Receipt) -> bool:
         """True once the change has reached every server that answers for it."""
@@ -151,6 +194,15 @@ class ReadOnlyProvider(Provider):
         await self.inner.close()
 
 
+def _without(plan: Plan, services: Mapping[str, object]) -> Plan:
+    """``plan`` minus the changes and desired answers of ``services``."""
+    if not services:
+        return plan
+    changes = tuple(c for c in plan.changes if c.service.name not in services)
+    desired = {k: v for k, v in plan.desired.items() if k not in services}
+    return Plan(changes, desired)
+
+
 def read_only(provider: Provider) -> Provider:
     """``provider`` for a preview: the same capabilities, reads only."""
     cls = type(provider)
@@ -160,6 +212,7 @@ def read_only(provider: Provider) -> Provider:
         "SUPPORTS_WEIGHTS": cls.SUPPORTS_WEIGHTS,
         "MAX_WEIGHT": cls.MAX_WEIGHT,
         "Config": cls.Config,
+        "Service": cls.Service,
     }
     wrapper: type[ReadOnlyProvider] = type(
         f"ReadOnly{cls.__name__}", (ReadOnlyProvider,), capabilities

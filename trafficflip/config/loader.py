@@ -18,7 +18,7 @@ from trafficflip.config.schema import ServiceConfig, Settings
 from trafficflip.errors import ConfigError
 
 CONFIG_ENV = "TRAFFICFLIP_CONFIG"
-POOL_FIELDS = ("backend", "listener_arn", "rule_arn")
+DNS_FIELDS = ("zone", "record", "type", "ttl")
 
 
 @dataclass(frozen=True)
@@ -45,21 +45,40 @@ class Config:
         return self.providers[service.provider]
 
 
-def load_config(path: str | None = None, *, data: Mapping[str, Any] | None = None) -> Config:
-    """Read YAML from ``path`` (or ``TRAFFICFLIP_CONFIG``), apply the environment, validate."""
+NO_CONFIG = (
+    "config: no configuration found: give --config FILE or set TRAFFICFLIP_CONFIG "
+    "(an environment-only configuration sets TRAFFICFLIP_SERVICES)"
+)
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    data: Mapping[str, Any] | None = None,
+    providers: bool = True,
+) -> Config:
+    """Read YAML from ``path`` (or ``TRAFFICFLIP_CONFIG``), apply the environment, validate.
+
+    ``providers=False`` is for commands that only read the state (``status``): provider
+    settings, and the secrets in them, are neither needed nor checked.
+    """
     if data is None:
         path = path or os.environ.get(CONFIG_ENV)
+        if not path and not any(k.upper().startswith("TRAFFICFLIP_SERVICES") for k in os.environ):
+            raise ConfigError([NO_CONFIG])
         data = read_yaml(path) if path else {}
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+    if not providers:
+        return Config(settings, {})
     problems: list[str] = []
-    providers = _load_providers(settings, problems)
-    problems.extend(_service_problems(settings, providers))
+    specs = _load_providers(settings, problems)
+    problems.extend(_service_problems(settings, specs))
     if problems:
         raise ConfigError(problems)
-    return Config(settings, providers)
+    return Config(settings, specs)
 
 
 def read_yaml(path: str) -> dict[str, Any]:
@@ -119,6 +138,13 @@ def _load_providers(settings: Settings, problems: list[str]) -> dict[str, Provid
         except ConfigError as exc:
             problems.extend(f"{key}.type: {p}" for p in exc.problems)
             continue
+        taken = sorted(set(cls.Service.model_fields) & set(ServiceConfig.model_fields))
+        if taken:
+            problems.append(
+                f"{key}.type: provider type {type_name!r} declares service keys the core owns: "
+                f"{', '.join(taken)}"
+            )
+            continue
         try:
             specs[name] = ProviderSpec(name, cls, cls.Config(**raw))
         except ValidationError as exc:
@@ -141,6 +167,12 @@ def _service_problems(settings: Settings, providers: Mapping[str, ProviderSpec])
             yield from (f"{key}.{p}" for p in _dns_problems(service, spec.cls))
         else:
             yield from (f"{key}.{p}" for p in _pool_problems(service))
+        try:
+            service.adapter_keys(spec.cls.Service)
+        except ValidationError as exc:
+            # The provider's model judges the keys the core does not own, typos included.
+            yield from format_validation_error(exc, key)
+            continue
         for path, reason in spec.cls.validate_service(service, spec.config):
             yield f"{key}.{path}: {reason}"
 
@@ -154,12 +186,9 @@ def _duplicates(key: str, names: Sequence[str]) -> Iterator[str]:
 
 
 def _dns_problems(service: ServiceConfig, cls: type[Provider]) -> Iterator[str]:
-    for field in ("zone", "record", "type", "ttl"):
+    for field in DNS_FIELDS:
         if getattr(service, field) is None:
             yield f"{field}: required for a DNS provider"
-    for field in POOL_FIELDS:
-        if getattr(service, field) is not None:
-            yield f"{field}: only for a load-balancer provider"
     if service.zone is None or service.record is None or service.type is None:
         return
     zone, record = service.zone, service.record
@@ -198,7 +227,7 @@ def _cname_problems(service: ServiceConfig, cls: type[Provider]) -> Iterator[str
 
 
 def _pool_problems(service: ServiceConfig) -> Iterator[str]:
-    for field in ("zone", "record", "type", "ttl"):
+    for field in DNS_FIELDS:
         if getattr(service, field) is not None:
             yield f"{field}: not used by a load-balancer provider"
 

@@ -6,16 +6,18 @@ long enough for the TTL) live in ``trafficflip.config.loader``. Both report ``ke
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -25,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from trafficflip.config.durations import Duration
 
 MIN_INTERVAL = 0.1
+MAX_PROBE_WORKERS = 64
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -77,6 +80,13 @@ class HttpCheck(Strict):
     sni: str | None = None
     max_latency: Duration | None = None
 
+    def describe(self) -> str:
+        """``http http://192.0.2.10/healthz``: never credentials, query string or headers,
+        which may hold tokens."""
+        url = httpx.URL(self.url)
+        port = f":{url.port}" if url.port else ""
+        return f"{self.type} {url.scheme}://{url.host}{port}{url.path}"
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -103,6 +113,9 @@ class TcpCheck(Strict):
     type: Literal["tcp"]
     address: str
 
+    def describe(self) -> str:
+        return f"tcp {self.address}"
+
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
@@ -117,6 +130,9 @@ class DnsCheck(Strict):
     rdtype: Literal["A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA", "SRV", "PTR"] = "A"
     expect: list[str] = []
     tcp: bool = False
+
+    def describe(self) -> str:
+        return f"dns {self.name} {self.rdtype} @{self.server}"
 
     @field_validator("server")
     @classmethod
@@ -183,7 +199,40 @@ class SiteConfig(Strict):
     weight: Annotated[int, Field(ge=1, le=100)] = 1
 
 
-class ServiceConfig(Strict):
+class NoServiceKeys(Strict):
+    """The adapter keys of a provider that has none: every key it is given is unknown."""
+
+
+K = TypeVar("K", bound=BaseModel)
+
+
+class _KeysCache:
+    """A service's adapter keys, validated once. Not part of the service's identity: two
+    services with the same keys are equal whether or not either was asked for them."""
+
+    __slots__ = ("extra", "keys")
+
+    def __init__(self) -> None:
+        self.extra: dict[str, Any] | None = None
+        self.keys: BaseModel | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _KeysCache)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ServiceConfig(BaseModel):
+    """One service. The YAML is flat: the keys below are the core's (the DNS keys ``zone``,
+    ``record``, ``type`` and ``ttl`` among them, shared by every DNS provider and used by plan
+    rendering); any other key belongs to the service's provider, whose ``Service`` model
+    validates it (``adapter_keys``). Unknown keys are reported by the loader, with their path.
+    """
+
+    # extra="allow" keeps the adapter's keys for its own model; the loader rejects the rest.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    _adapter_keys: _KeysCache = PrivateAttr(default_factory=_KeysCache)
+
     name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
     provider: str
     zone: str | None = None
@@ -195,10 +244,6 @@ class ServiceConfig(Strict):
     failback: FailbackConfig = FailbackConfig()
     all_down: Literal["keep", "all"] = "keep"
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
-    # Pool services name their load-balancer object instead of a record.
-    backend: str | None = None  # haproxy
-    listener_arn: str | None = None  # elbv2
-    rule_arn: str | None = None  # elbv2
 
     @model_validator(mode="after")
     def _canonical_targets(self) -> ServiceConfig:
@@ -214,6 +259,23 @@ class ServiceConfig(Strict):
 
     def site(self, name: str) -> SiteConfig:
         return next(s for s in self.sites if s.name == name)
+
+    @property
+    def extra_keys(self) -> dict[str, Any]:
+        """The keys the core does not own, as written: the provider's to validate."""
+        return dict(self.model_extra or {})
+
+    def adapter_keys(self, model: builtins.type[K]) -> K:
+        """This service's provider keys validated by ``model`` (the provider's ``Service``).
+
+        Validated on first use and kept; raises ``pydantic.ValidationError`` (the loader has
+        already reported it for a loaded config).
+        """
+        cache, extra = self._adapter_keys, self.extra_keys
+        if not isinstance(cache.keys, model) or cache.extra != extra:
+            cache.keys, cache.extra = model.model_validate(extra), extra
+        assert isinstance(cache.keys, model)
+        return cache.keys
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -308,6 +370,8 @@ class Settings(BaseSettings):
     config: str | None = None
     state: str = "sqlite:///trafficflip.db"
     reconcile_interval: Duration = 30.0
+    # 1 probes in the service's process; N > 1 runs N probe processes (docs/performance.md).
+    probe_workers: Annotated[int, Field(ge=1, le=MAX_PROBE_WORKERS)] = 1
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = (
         "INFO"
     )

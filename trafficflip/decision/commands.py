@@ -14,7 +14,7 @@ from typing import Any
 
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.decide import site_order
-from trafficflip.decision.model import Event, ServiceState
+from trafficflip.decision.model import Event, EventKind, ServiceState
 from trafficflip.errors import CommandError
 
 __all__ = [
@@ -121,7 +121,7 @@ def _failover(
 ) -> tuple[ServiceState, Event]:
     return (
         replace(state, pinned=site, drained=()),
-        Event("command", f"failover to {site} requested{why}", site),
+        Event(EventKind.COMMAND, f"failover to {site} requested{why}", site),
     )
 
 
@@ -130,20 +130,24 @@ def _failback(
 ) -> tuple[ServiceState, Event]:
     return (
         replace(state, pinned=None, drained=(), failback_approved=True),
-        Event("command", f"failback approved{why}"),
+        Event(EventKind.COMMAND, f"failback approved{why}"),
     )
 
 
 def _hold(
     service: ServiceConfig, state: ServiceState, site: str, why: str
 ) -> tuple[ServiceState, Event]:
-    return replace(state, held=True), Event("command", f"hold: automatic changes frozen{why}")
+    return replace(state, held=True), Event(
+        EventKind.COMMAND, f"hold: automatic changes frozen{why}"
+    )
 
 
 def _release(
     service: ServiceConfig, state: ServiceState, site: str, why: str
 ) -> tuple[ServiceState, Event]:
-    return replace(state, held=False), Event("command", f"release: automatic changes resumed{why}")
+    return replace(state, held=False), Event(
+        EventKind.COMMAND, f"release: automatic changes resumed{why}"
+    )
 
 
 def _drain(
@@ -153,7 +157,7 @@ def _drain(
     pinned = None if state.pinned == site else state.pinned
     return (
         replace(state, drained=drained, pinned=pinned),
-        Event("command", f"drain {site} requested{why}", site),
+        Event(EventKind.COMMAND, f"drain {site} requested{why}", site),
     )
 
 
@@ -163,7 +167,7 @@ def _promote(
     order = (site, *(s for s in site_order(service, state) if s != site))
     return (
         replace(state, order=order, pinned=None, drained=()),
-        Event("command", f"promote {site}: order is now {', '.join(order)}{why}", site),
+        Event(EventKind.COMMAND, f"promote {site}: order is now {', '.join(order)}{why}", site),
     )
 
 

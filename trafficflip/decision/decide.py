@@ -11,27 +11,46 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from trafficflip.config.schema import ServiceConfig
-from trafficflip.decision.model import Decision, Event, Ramp, ServiceState, SiteHealth, Status
+from trafficflip.decision.model import (
+    Decision,
+    Event,
+    EventKind,
+    Ramp,
+    RampReason,
+    ServiceHealth,
+    ServiceState,
+    SiteHealth,
+    Status,
+)
 
 FULL = 100
+# The events a ramp produces when it starts and when it completes, by why it moves.
+RAMP_EVENTS = {
+    RampReason.FAILBACK: (EventKind.FAILBACK_STARTED, EventKind.FAILBACK_COMPLETED),
+    RampReason.PLANNED_MOVE: (EventKind.PLANNED_MOVE_STARTED, EventKind.PLANNED_MOVE_COMPLETED),
+    RampReason.DRAIN: (EventKind.DRAIN_STARTED, EventKind.DRAIN_COMPLETED),
+}
 
 
 def decide(
     service: ServiceConfig,
     state: ServiceState,
-    health: Mapping[str, SiteHealth],
-    gates: Status,
+    service_health: ServiceHealth,
     now: float,
     *,
     started: bool = True,
 ) -> Decision:
     """Return the new state for ``service``; ``state.shares`` are the desired shares.
 
+    ``now`` is monotonic seconds, the clock every ``since`` in health and state is on.
     ``started`` is False while any check has not completed its start-up probes: no traffic
     change is made on incomplete information. A held service is never changed.
     """
     if not started or state.held:
         return Decision(state)
+    if state.failback_approved and service.failback.mode == "auto":
+        state = replace(state, failback_approved=False)  # approval means nothing in auto mode
+    health, gates = service_health.sites, service_health.gates
     events: list[Event] = []
     state = _drop_down_members(service, state, health, events)
     if not state.members:
@@ -43,8 +62,70 @@ def decide(
         state = _maybe_start_ramp(service, state, health, gates, now, events)
     if state.all_down:
         state = replace(state, all_down=False)
-        events.append(Event("recovered", f"serving again from {', '.join(state.members)}"))
+        events.append(Event(EventKind.RECOVERED, f"serving again from {', '.join(state.members)}"))
     return Decision(_with_shares(service, state), tuple(events))
+
+
+def next_step_at(
+    service: ServiceConfig, state: ServiceState, health: ServiceHealth
+) -> float | None:
+    """When time alone may change the decision: the current step's hold (and a joining
+    site's stabilize) ending, or a returning site's stabilize ending. None while a step
+    waits to be applied (its hold starts then) or when only health can change it."""
+    stabilize = service.failback.stabilize
+    if state.ramp is not None:
+        if state.applied_at is None:
+            return None
+        hold_end = max(state.ramp.since, state.applied_at) + service.failback.step_duration
+        joining = [health.sites.get(s) for s in state.ramp.to if s not in state.members]
+        stable_at = [h.since + stabilize for h in joining if h is not None and h.since is not None]
+        return max([hold_end, *stable_at])
+    returning = [
+        h.since + stabilize
+        for site, h in health.sites.items()
+        if site not in state.members and h.status is Status.UP and h.since is not None
+    ]
+    return min(returning, default=None)
+
+
+def fit_to_config(service: ServiceConfig, state: ServiceState) -> Decision:
+    """A stored state made to meet the service's configured sites (after a rename or a
+    removal): sites that no longer exist leave the members, ramp, shares, pin, drains and
+    order. A service whose serving sites all vanished gets no members, so the next decision
+    serves it from its healthy sites in priority order at once, with no ramp from a site
+    that is gone."""
+    sites = set(service.site_names)
+    known = set(state.members) | set(state.drained) | set(state.shares or {})
+    known |= {state.pinned} if state.pinned else set()
+    known |= set(state.ramp.to) if state.ramp else set()
+    known |= set(state.order or ())
+    gone = sorted(known - sites)
+    if not gone:
+        return Decision(state)
+    members = tuple(s for s in state.members if s in sites)
+    ramp = state.ramp
+    if ramp is not None:
+        to = tuple(s for s in ramp.to if s in sites)
+        ramp = replace(ramp, to=to) if to and members and set(to) != set(members) else None
+    shares = {s: v for s, v in (state.shares or {}).items() if s in sites}
+    fitted = replace(
+        state,
+        members=members,
+        ramp=ramp,
+        # No shares for a vanished member: the next decision writes them afresh.
+        shares=shares if members and sum(shares.values()) > 0 else None,
+        applied_at=None,
+        pinned=state.pinned if state.pinned in sites else None,
+        drained=tuple(s for s in state.drained if s in sites),
+        order=tuple(s for s in state.order if s in sites) if state.order else None,
+    )
+    events = [
+        Event(
+            EventKind.SITE_REMOVED, f"{site} is no longer configured: dropped from the state", site
+        )
+        for site in gone
+    ]
+    return Decision(fitted, tuple(events))
 
 
 def site_order(service: ServiceConfig, state: ServiceState) -> tuple[str, ...]:
@@ -76,7 +157,7 @@ def _drop_down_members(
         to = tuple(s for s in ramp.to if s not in down)
         ramp = replace(ramp, to=to) if to and set(to) != set(alive) else None
     replacement = alive or _failover_target(service, state, health)
-    kind = "site_out" if alive else "failover"
+    kind = EventKind.SITE_OUT if alive else EventKind.FAILOVER
     for site in down:
         reason = health[site].reason
         target = ", ".join(replacement) if replacement else "nothing"
@@ -112,11 +193,11 @@ def _recover_or_all_down(
     target = _failover_target(service, state, health)
     if target:
         if state.shares is None:
-            events.append(Event("initial", f"serving from {', '.join(target)}"))
+            events.append(Event(EventKind.INITIAL, f"serving from {', '.join(target)}"))
         return replace(state, members=target, ramp=None)
     if not state.all_down:
         policy = service.all_down
-        events.append(Event("all_down", f"every site is down; all_down={policy}"))
+        events.append(Event(EventKind.ALL_DOWN, f"every site is down; all_down={policy}"))
     state = replace(state, all_down=True, ramp=None)
     if service.all_down == "all":
         # Every site in the answer beats an empty one; members stay empty so the first
@@ -129,6 +210,13 @@ def _step_held(service: ServiceConfig, state: ServiceState, ramp: Ramp, now: flo
     if state.applied_at is None:
         return False
     return now - max(ramp.since, state.applied_at) >= service.failback.step_duration
+
+
+def _stable(service: ServiceConfig, health: SiteHealth, now: float) -> bool:
+    """Up for at least ``stabilize``: a site that just came back does not take traffic."""
+    if health.status is not Status.UP or health.since is None:
+        return False
+    return now - health.since >= service.failback.stabilize
 
 
 def _advance_ramp(
@@ -145,21 +233,24 @@ def _advance_ramp(
     failed = [s for s in joining if not _is(health, s, Status.UP)]
     if failed:
         reason = "; ".join(f"{s} {health[s].status} ({health[s].reason})" for s in failed)
-        events.append(Event("failback_aborted", f"{reason} -> {', '.join(state.members)}"))
+        events.append(Event(EventKind.FAILBACK_ABORTED, f"{reason} -> {', '.join(state.members)}"))
         return replace(state, ramp=None, failback_approved=False)
-    operator = ramp.reason == "operator"
     desired = _desired_members(service, state, health)
-    if not set(ramp.to) <= set(desired) or operator != _operator_move(state):
-        events.append(Event("ramp_cancelled", f"target changed from {', '.join(ramp.to)}"))
+    if not set(ramp.to) <= set(desired) or ramp.reason != _ramp_reason(state):
+        events.append(Event(EventKind.RAMP_CANCELLED, f"target changed from {', '.join(ramp.to)}"))
         return replace(state, ramp=None)
     if not _step_held(service, state, ramp, now):
+        return state
+    # Re-checked at every step, so a ramp resumed after a restart waits out stabilize again.
+    if not all(_stable(service, health[s], now) for s in joining):
         return state
     steps = service.failback.steps
     step = ramp.step + 1
     if steps[step] >= FULL:
-        events.append(Event("failback_completed", f"{', '.join(ramp.to)} at {FULL}%"))
+        completed = RAMP_EVENTS[ramp.reason][1]
+        events.append(Event(completed, f"{', '.join(ramp.to)} at {FULL}%"))
         return replace(state, members=ramp.to, ramp=None, failback_approved=False)
-    events.append(Event("ramp_step", f"step {step + 1}/{len(steps)}: {steps[step]}%"))
+    events.append(Event(EventKind.RAMP_STEP, f"step {step + 1}/{len(steps)}: {steps[step]}%"))
     return replace(state, ramp=replace(ramp, step=step, since=now))
 
 
@@ -169,19 +260,27 @@ def _desired_members(
     """Where traffic belongs when everything it needs is up, ignoring stabilize."""
     if state.pinned is not None:
         return (state.pinned,) if _is(health, state.pinned, Status.UP) else state.members
+    # A member whose status is not known yet (a new check, a restart) keeps its place: only
+    # a site seen down loses it.
     up = [
         s
         for s in site_order(service, state)
-        if _is(health, s, Status.UP) and s not in state.drained
+        if s not in state.drained
+        and (_is(health, s, Status.UP) or (s in state.members and not _is(health, s, Status.DOWN)))
     ]
     if not up:
         return state.members
     return (up[0],) if service.mode == "active-passive" else tuple(up)
 
 
-def _operator_move(state: ServiceState) -> bool:
-    """A pin or a drain moves traffic at once; it does not wait for stabilize."""
-    return state.pinned is not None or any(s in state.drained for s in state.members)
+def _ramp_reason(state: ServiceState) -> RampReason:
+    """A pin is a planned move and a drain a drain: neither waits for the failback gates
+    or approval. Anything else moving traffic back is a failback."""
+    if state.pinned is not None:
+        return RampReason.PLANNED_MOVE
+    if any(s in state.drained for s in state.members):
+        return RampReason.DRAIN
+    return RampReason.FAILBACK
 
 
 def _ready_to_join(
@@ -190,12 +289,15 @@ def _ready_to_join(
     health: SiteHealth,
     gates: Status,
     now: float,
+    reason: RampReason,
 ) -> bool:
+    if not _stable(service, health, now):
+        return False  # an operator's move waits for stabilize too: never onto a flapping site
+    if reason is not RampReason.FAILBACK:
+        return True
     if service.failback.mode == "manual" and not state.failback_approved:
         return False
-    if gates is not Status.UP or health.since is None:
-        return False
-    return now - health.since >= service.failback.stabilize
+    return gates is Status.UP
 
 
 def _maybe_start_ramp(
@@ -209,25 +311,25 @@ def _maybe_start_ramp(
     target = _desired_members(service, state, health)
     if set(target) == set(state.members):
         return state
-    if not _operator_move(state):
-        joining = [s for s in target if s not in state.members]
-        ready = {s for s in joining if _ready_to_join(service, state, health[s], gates, now)}
-        if service.mode == "active-passive" and not ready:
-            return state
-        # Active-active: the stable members stay; only the ready sites join.
-        target = tuple(s for s in target if s in state.members or s in ready)
-        if set(target) == set(state.members):
-            return state
-    reason = "operator" if _operator_move(state) else "failback"
+    reason = _ramp_reason(state)
+    joining = [s for s in target if s not in state.members]
+    ready = {s for s in joining if _ready_to_join(service, state, health[s], gates, now, reason)}
+    if service.mode == "active-passive" and not ready:
+        return state
+    # Active-active: the stable members stay; only the ready sites join.
+    target = tuple(s for s in target if s in state.members or s in ready)
+    if set(target) == set(state.members):
+        return state
     steps = service.failback.steps
+    started, completed = RAMP_EVENTS[reason]
     start = _first_step_above(service, state, target)
     if steps[start] >= FULL:
-        events.append(Event("failback_completed", f"{', '.join(target)} at {FULL}% ({reason})"))
+        events.append(Event(completed, f"{', '.join(target)} at {FULL}%"))
         return replace(state, members=target, ramp=None, failback_approved=False)
     events.append(
         Event(
-            "failback_started",
-            f"{', '.join(state.members)} -> {', '.join(target)} ({reason}): "
+            started,
+            f"{', '.join(state.members)} -> {', '.join(target)}: "
             f"step {start + 1}/{len(steps)}: {steps[start]}%",
         )
     )

@@ -50,12 +50,23 @@ def observe(health: CheckHealth, result: ProbeResult, *, rise: int, fall: int) -
 
 
 def site_health(
-    checks: Sequence[CheckHealth], require: Literal["all", "any"] = "all"
+    checks: Sequence[CheckHealth],
+    require: Literal["all", "any"] = "all",
+    labels: Sequence[str] | None = None,
 ) -> SiteHealth:
-    """Combine a site's checks: ``all`` needs every check up, ``any`` needs one."""
+    """Combine a site's checks: ``all`` needs every check up, ``any`` needs one.
+
+    With ``labels`` (one per check) the reason names the failing checks:
+    ``http http://10.0.0.1/healthz status 503 x3``.
+    """
     ups = [c for c in checks if c.status is Status.UP]
     downs = [c for c in checks if c.status is Status.DOWN]
-    reason = ", ".join(c.reason for c in downs)
+    named = zip(labels, checks, strict=True) if labels is not None else (("", c) for c in checks)
+    reason = ", ".join(
+        f"{label} {c.reason}" if label else c.reason
+        for label, c in named
+        if c.status is Status.DOWN
+    )
     if require == "all":
         if downs:
             return SiteHealth(Status.DOWN, max(_since(downs)), reason)

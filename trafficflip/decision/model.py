@@ -40,17 +40,33 @@ class SiteHealth:
 
 
 @dataclass(frozen=True)
+class ServiceHealth:
+    """A service's health: each site's, and its failback gates' (all of them must be up)."""
+
+    sites: dict[str, SiteHealth]
+    gates: Status = Status.UP
+
+
+class RampReason(StrEnum):
+    """Why traffic is moving along the steps; names the events it produces."""
+
+    FAILBACK = "failback"
+    PLANNED_MOVE = "planned_move"  # an operator's pin (failover --to)
+    DRAIN = "drain"
+
+
+@dataclass(frozen=True)
 class Ramp:
     """A gradual move of traffic from the service's members to ``to``.
 
     ``step`` indexes the service's ``failback.steps``; the step's share has been held
-    since ``since`` (seconds on the wall clock, so a restart resumes it).
+    since ``since`` (monotonic seconds in the running service; the store keeps wall time).
     """
 
     to: tuple[str, ...]
     step: int
     since: float
-    reason: str = "failback"
+    reason: RampReason = RampReason.FAILBACK
 
 
 @dataclass(frozen=True)
@@ -75,11 +91,44 @@ class ServiceState:
     all_down: bool = False
 
 
+class EventKind(StrEnum):
+    """Every kind of journal entry; notification targets filter on these."""
+
+    INITIAL = "initial"
+    FAILOVER = "failover"
+    SITE_OUT = "site_out"
+    ALL_DOWN = "all_down"
+    RECOVERED = "recovered"
+    FAILBACK_STARTED = "failback_started"
+    FAILBACK_COMPLETED = "failback_completed"
+    FAILBACK_ABORTED = "failback_aborted"
+    PLANNED_MOVE_STARTED = "planned_move_started"
+    PLANNED_MOVE_COMPLETED = "planned_move_completed"
+    DRAIN_STARTED = "drain_started"
+    DRAIN_COMPLETED = "drain_completed"
+    RAMP_STEP = "ramp_step"
+    RAMP_CANCELLED = "ramp_cancelled"
+    COMMAND = "command"
+    PROVIDER_CHANGE = "provider_change"
+    DRIFT = "drift"
+    PROVIDER_ERROR = "provider_error"
+    PROVIDER_RECOVERED = "provider_recovered"
+    CONFIG_RELOADED = "config_reloaded"
+    SERVICE_ADDED = "service_added"
+    SERVICE_REMOVED = "service_removed"
+    SITE_REMOVED = "site_removed"
+    ERROR = "error"
+
+
+# Events an operator is woken for: logged at WARNING.
+ALARMS = frozenset({EventKind.FAILOVER, EventKind.ALL_DOWN, EventKind.DRIFT})
+
+
 @dataclass(frozen=True)
 class Event:
     """Something a decision did, for the log and the journal."""
 
-    kind: str
+    kind: EventKind
     message: str
     site: str | None = None
 

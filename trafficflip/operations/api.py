@@ -282,7 +282,7 @@ def _routes(
     @app.get("/healthz", response_model=Probe, responses={503: {"model": Probe}})
     async def healthz(response: Response) -> Probe:
         """The process answers and its scheduler ticked recently."""
-        stalled = time.time() - runner.alive_at
+        stalled = time.monotonic() - runner.alive_at  # both monotonic: immune to clock steps
         if stalled > STALLED_TICKS * TICK_INTERVAL:
             response.status_code = 503
             return Probe(status="stalled", reasons=[f"scheduler: no tick for {stalled:.0f}s"])
@@ -356,12 +356,11 @@ def _command_endpoint(
         if name not in engine.services:
             raise HTTPException(404, f"unknown service {name!r}")
         args = (body or CommandBody()).model_dump()
-        command_id = engine.store.submit(name, spec.name, args, source=f"api:{who}")
-        result = command_result(engine.take_commands().get(command_id))
+        # The engine's own intake, at once: journaled with the token's name, then decided.
+        result = command_result(engine.execute(name, spec.name, args, source=f"api:{who}"))
         if not result.ok:
             raise HTTPException(409, result.detail)
         log.info("api_command service=%s command=%s by=%s", name, spec.name, who)
-        engine.request(name)  # move the traffic now, not at the next tick
         view = snapshots.refresh(name)
         return CommandResponse(command=spec.name, result=str(result), service=view)
 
@@ -390,13 +389,18 @@ def command_result(taken: CommandResult | str | None) -> CommandResult:
 
 
 def not_ready(engine: Engine) -> list[str]:
-    """Why the service is not ready: an unreachable store, a provider that failed or has
-    not yet answered a reconcile. Empty when ready."""
+    """Why the service is not ready: a store that does not take writes (the writer does a
+    small write when idle), an unreachable one, a provider that failed or has not yet
+    answered a reconcile. Empty when ready."""
     reasons = []
-    try:
-        engine.store.journal(limit=1)
-    except Exception as exc:  # whatever the backend raises, the store is not usable
-        reasons.append(f"state store: {type(exc).__name__}: {exc}")
+    health = engine.writer.health if engine.writer is not None else None
+    if health is not None and not health.ok:
+        reasons.append(f"state store: {health.error} ({health.queued} writes kept in memory)")
+    else:
+        try:
+            engine.store.journal(limit=1)
+        except Exception as exc:  # whatever the backend raises, the store is not usable
+            reasons.append(f"state store: {type(exc).__name__}: {exc}")
     used = {s.config.provider for s in engine.services.values()}
     for name, status in engine.provider_status.items():
         if name not in used:

@@ -29,8 +29,8 @@ from trafficflip.operations.views import describe_check
 from trafficflip.runtime.engine import Engine, EngineListener
 from trafficflip.runtime.scheduler import Runner
 
-# The ``site`` label of a failback gate's check (not a valid site name, so never a clash).
-GATES_LABEL = "(gates)"
+# The ``site`` label of a failback gate's check.
+GATES_LABEL = "gates"
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 APPLY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 FAILBACK_OUTCOMES = {
@@ -62,6 +62,7 @@ class Metrics(EngineListener):
     def __init__(self, engine: Engine, runner: Runner) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._checks = {key: describe_check(job.check) for key, job in engine.jobs.items()}
+        self._probe_histograms: dict[str, Histogram] = {}
         r = self.registry
         self.probe_seconds = Histogram(
             "trafficflip_probe_duration_seconds",
@@ -125,10 +126,14 @@ class Metrics(EngineListener):
     # -- EngineListener ---------------------------------------------------------------------
 
     def probed(self, key: str, result: ProbeResult) -> None:
-        check = self._checks[key]
-        self.probe_seconds.labels(check).observe(result.latency)
+        # The hottest hook (every probe): the labelled child is looked up once per check,
+        # not on every probe (``labels()`` takes a lock and builds the label tuple).
+        histogram = self._probe_histograms.get(key)
+        if histogram is None:
+            histogram = self._probe_histograms[key] = self.probe_seconds.labels(self._checks[key])
+        histogram.observe(result.latency)
         if not result.ok:
-            self.probe_failures.labels(check, reason_label(result.reason)).inc()
+            self.probe_failures.labels(self._checks[key], reason_label(result.reason)).inc()
 
     def journaled(self, entries: Sequence[JournalEntry]) -> None:
         for entry in entries:
@@ -166,6 +171,21 @@ class StateCollector(Collector):
             yield from self._services(self.snapshot())
         yield from self._providers()
         yield from self._scheduler()
+        yield from self._store()
+
+    def _store(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        writer = self.engine.writer
+        if writer is None:
+            return
+        health = writer.health
+        yield CounterMetricFamily(
+            "trafficflip_store_errors", "Failed writes to the state store", value=health.failures
+        )
+        up = _gauge("store_up", "1 while the state store takes writes", [])
+        up.add_metric([], health.ok)
+        queued = _gauge("store_queued_writes", "Writes kept in memory for the store", [])
+        queued.add_metric([], health.queued)
+        yield from (up, queued)
 
     def _services(self, snapshot: Snapshot) -> Iterator[GaugeMetricFamily]:
         check_up = _gauge("check_up", "1 if the check is up", ["service", "site", "check"])
@@ -231,6 +251,7 @@ class StateCollector(Collector):
             ("scheduler_missed_runs", stats.missed, "Jobs skipped past their misfire grace"),
             ("scheduler_overruns", stats.overrun, "Runs skipped: the previous still going"),
             ("scheduler_job_errors", stats.errors, "Jobs that raised"),
+            ("probe_worker_restarts", stats.worker_restarts, "Probe worker processes restarted"),
         ):
             yield CounterMetricFamily(f"trafficflip_{name}", text, value=value)
 

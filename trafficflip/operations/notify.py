@@ -87,7 +87,7 @@ class Notifier(EngineListener):
     ) -> None:
         self.targets = list(targets)
         self.counted = counted
-        self.clock = engine.clock
+        self.clock = engine.clock.wall
         self._queues: dict[str, asyncio.Queue[Notice]] = {
             t.name: asyncio.Queue(maxsize=QUEUE_SIZE) for t in self.targets
         }

@@ -26,7 +26,6 @@ from trafficflip.operations.views import (
     ServiceView,
     journal_view,
     service_view,
-    wall_clock,
 )
 from trafficflip.runtime.engine import Engine, EngineListener
 
@@ -178,7 +177,7 @@ class SnapshotKeeper(EngineListener):
         down = sum(1 for h in self.engine.checks.values() if h.status is Status.DOWN)
         summary = summarize((v.phase for v in views), down, self._last_failover)
         self.builds += 1
-        return Snapshot(wall_clock(self.engine)(self.engine.clock()), tuple(views), summary)
+        return Snapshot(self.engine.clock.wall(), tuple(views), summary)
 
     # -- component --------------------------------------------------------------------------
 

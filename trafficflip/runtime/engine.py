@@ -1,9 +1,10 @@
-"""The reconcile step: health -> decide -> plan -> provider -> journal, for a set of services.
+"""The engine: health -> decide -> provider sync, for the services it runs.
 
-The scheduler only calls ``observe`` (a probe finished), ``tick`` (time passed) and
-``reconcile`` (compare with the backend); every decision is made here, by calling the pure
-core. Probe results that change a check's status trigger a convergence at once, so a
-failover reaches the provider within fall x interval plus the time of the calls.
+The scheduler calls ``observe`` (a probe finished), ``tick`` (time passed) and ``reconcile``
+(compare with the backends); every decision is made by the pure core. A decision that
+changes shares asks its provider's ``ProviderSync`` at once, so a failover reaches the
+provider within fall x interval plus the time of the calls. Events go through the one
+``Journal``; persistence through the one ``StateWriter``; retry through the syncs.
 """
 
 from __future__ import annotations
@@ -11,69 +12,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.backend.provider import Provider
 from trafficflip.backend.provider import read_only as read_only_provider
-from trafficflip.config.loader import Config
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.commands import CommandError, apply_command
-from trafficflip.decision.decide import decide
+from trafficflip.decision.decide import decide, fit_to_config, next_step_at
 from trafficflip.decision.model import (
-    Answer,
     Event,
-    JournalEntry,
+    EventKind,
     ProbeResult,
+    ServiceHealth,
     ServiceState,
     SiteHealth,
     Status,
 )
-from trafficflip.decision.plan import Plan, plan_services, render
-from trafficflip.errors import PermanentProviderError, ProviderError, UnsafePlanError
-from trafficflip.runtime.monitor import GATES, HealthMonitor
-from trafficflip.runtime.retry import backoff_delay
-from trafficflip.runtime.state import ChangeRecord, Command, StateStore
+from trafficflip.decision.plan import Plan
+from trafficflip.runtime.clock import Clock
+from trafficflip.runtime.journal import Journal, resumed_state
+from trafficflip.runtime.listeners import EngineListener, Listeners
+from trafficflip.runtime.monitor import HealthMonitor
+from trafficflip.runtime.state import Command, StateStore
+from trafficflip.runtime.sync import ProviderStatus, ProviderSync
+from trafficflip.runtime.writer import Retention, StateWriter
+
+__all__ = ["Engine", "EngineListener", "ProviderStatus", "Reload"]
 
 log = logging.getLogger("trafficflip")
-RETRY_CAP = 30.0
 # GetChange is rate-limited with everything else: ask about pending changes this often.
 CONFIRM_EVERY = 5.0
+# A decision with one of these moves traffic off a dead site: it cuts short a sync backoff.
+URGENT = frozenset({EventKind.FAILOVER, EventKind.SITE_OUT, EventKind.ALL_DOWN})
 
 
 @dataclass
-class ProviderStatus:
-    """What the last reconcile of a provider said, for status and readiness."""
+class Reload:
+    """What a reload changed, for the journal and the reload endpoint."""
 
-    ok: bool = True
-    error: str = ""
-    error_kind: str = ""
-    errors: int = 0
-    failures_in_row: int = 0
-    last_success: float | None = None
-    # Instances of the backend not holding the last answers (see Provider.lagging_instances).
-    lagging: tuple[str, ...] = ()
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
 
-
-class EngineListener:
-    """Observes the engine without the engine knowing what for (metrics, notifications).
-
-    Every hook runs on the event loop in the middle of a decision: it must return at once
-    (queue slow work) and must not raise; an exception is logged and ignored.
-    """
-
-    def probed(self, key: str, result: ProbeResult) -> None:
-        """A probe of check ``key`` finished (before it is folded into health)."""
-
-    def journaled(self, entries: Sequence[JournalEntry]) -> None:
-        """``entries`` were written to the journal."""
-
-    def provider_synced(
-        self, provider: str, error: Exception | None, apply_seconds: float | None
-    ) -> None:
-        """A read-plan-apply of ``provider`` ended; ``apply_seconds`` is None when nothing
-        was applied (an empty plan, or a failure before the apply)."""
+    def __str__(self) -> str:
+        parts = [f"{k}: {', '.join(v)}" for k, v in vars(self).items() if v]
+        return "; ".join(parts) or "no service changed"
 
 
 class Engine:
@@ -81,340 +65,321 @@ class Engine:
 
     def __init__(
         self,
-        config: Config,
+        services: Sequence[ServiceConfig],
         store: StateStore,
         providers: Mapping[str, Provider],
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         *,
         read_only: bool = False,
+        retention: Retention | None = None,
     ) -> None:
         """``read_only`` builds a preview engine (``plan``): providers refuse every apply,
-        nothing is scheduled or retried, and decisions are collected in ``previewed``
-        instead of being logged as if they had happened."""
-        self.config = config
+        nothing is written, scheduled or retried, and decisions are collected in
+        ``previewed`` instead of being logged as if they had happened."""
+        self.clock = clock or Clock()
         self.store = store
         self.read_only = read_only
-        self.providers = (
-            {name: read_only_provider(p) for name, p in providers.items()}
-            if read_only
-            else providers
-        )
-        self.previewed: list[tuple[str, Event]] = []
-        self.clock = clock
-        self.monitor = HealthMonitor(config.services)
+        self.listeners = Listeners()
+        self.writer = None if read_only else StateWriter(store, retention=retention)
+        self.journal = Journal(self.writer, self.clock, self.listeners)
+        self.monitor = HealthMonitor(())
         # Shared with the monitor, for readers (status, metrics, the scheduler).
         self.jobs, self.checks = self.monitor.jobs, self.monitor.checks
         self.services = self.monitor.services
         self.states: dict[str, ServiceState] = {}
-        self.provider_status = {name: ProviderStatus() for name in providers}
-        self._pending: set[str] = set()
-        self._flusher: asyncio.Task[None] | None = None
-        self._locks = {name: asyncio.Lock() for name in providers}
-        self._retry_handles: dict[str, asyncio.TimerHandle] = {}
-        self._last_confirm = 0.0
+        self.providers: dict[str, Provider] = {}
+        self.syncs: dict[str, ProviderSync] = {}
+        self.provider_status: dict[str, ProviderStatus] = {}
         self._wakeups: dict[str, asyncio.TimerHandle] = {}
-        self.listeners: list[EngineListener] = []
-        for service in config.services:
-            self.states[service.name] = store.load(service.name) or ServiceState()
+        self._site_status: dict[str, dict[str, Status]] = {}
+        self._last_confirm = -CONFIRM_EVERY
+        self._set_providers(providers)
+        for service in services:
+            self._add(service)
+        if self.writer is not None:
+            self.writer.start()
 
-    # -- health -----------------------------------------------------------------------------
+    @property
+    def previewed(self) -> list[tuple[str, Event]]:
+        return self.journal.previewed
+
+    def _set_providers(self, providers: Mapping[str, Provider]) -> None:
+        for sync in self.syncs.values():
+            sync.close()
+        self.providers = {
+            name: read_only_provider(p) if self.read_only else p for name, p in providers.items()
+        }
+        self.syncs = {
+            name: ProviderSync(
+                name,
+                provider,
+                services=lambda: {n: r.config for n, r in self.services.items()},
+                states=self.states,
+                journal=self.journal,
+                clock=self.clock,
+                listeners=self.listeners,
+                after_apply=self._schedule_wakeup,
+            )
+            for name, provider in self.providers.items()
+        }
+        self.provider_status = {name: sync.status for name, sync in self.syncs.items()}
+
+    # -- services -------------------------------------------------------------------------
+
+    def _add(self, service: ServiceConfig) -> None:
+        self.monitor.add(service)
+        stored = self.store.load(service.name)
+        state = resumed_state(stored, self.clock) if stored is not None else ServiceState()
+        self._fit(service, state)
+
+    def _fit(self, service: ServiceConfig, state: ServiceState) -> None:
+        """Make a stored state meet the service's current sites (renamed or removed)."""
+        fitted = fit_to_config(service, state)
+        self.states[service.name] = fitted.state
+        if fitted.events:
+            self.journal.record(service.name, fitted.events, state=fitted.state)
+
+    def reload(
+        self, services: Sequence[ServiceConfig], providers: Mapping[str, Provider]
+    ) -> Reload:
+        """Take a new configuration: checks start and stop, settings apply, and the state
+        of every kept service (ramps included) carries on. Removed services keep their
+        records as they are: never deleted."""
+        new = {s.name: s for s in services}
+        result = Reload()
+        for name in list(self.services):
+            if name not in new:
+                self.monitor.remove(name)
+                self.states.pop(name, None)
+                self._site_status.pop(name, None)
+                result.removed.append(name)
+                self.journal.record(
+                    name,
+                    [
+                        Event(
+                            EventKind.SERVICE_REMOVED,
+                            "removed from the configuration; its records are kept as they are",
+                        )
+                    ],
+                )
+        for name, service in new.items():
+            if name not in self.services:
+                self._add(service)
+                result.added.append(name)
+                self.journal.record(name, [Event(EventKind.SERVICE_ADDED, "added")])
+            elif service != self.services[name].config:
+                self.monitor.remove(name)
+                self.monitor.add(service)
+                self._fit(service, self.states[name])
+                result.changed.append(name)
+        self._set_providers(providers)
+        for name in new:
+            self.request(name)
+        return result
+
+    # -- health ---------------------------------------------------------------------------
 
     def observe(self, key: str, result: ProbeResult) -> None:
-        """Fold a probe result in; converge at once the services whose health changed."""
-        self._emit("probed", key, result)
+        """Fold a probe result in; decide at once for the services whose health changed."""
+        self.listeners.probed(key, result)
         for name in self.monitor.observe(key, result):
+            self._log_transitions(name)
             self.request(name)
 
+    def service_health(self, service: str) -> ServiceHealth:
+        return self.monitor.service_health(service)
+
     def site_health(self, service: str) -> dict[str, SiteHealth]:
-        return self.monitor.site_health(service)
+        return self.monitor.service_health(service).sites
 
     def started(self, service: str) -> bool:
         return self.monitor.started(service)
 
-    # -- decisions --------------------------------------------------------------------------
-
-    def request(self, service: str) -> None:
-        """Converge ``service`` soon; requests arriving together are applied in one batch."""
+    def _log_transitions(self, name: str) -> None:
+        """One INFO line per site going up or down, naming the check that caused it."""
         if self.read_only:
-            return  # a preview converges once, explicitly, with apply=False
-        self._pending.add(service)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            return
+        config, state = self.services[name].config, self.states[name]
+        before = self._site_status.setdefault(name, {})
+        for site, health in self.site_health(name).items():
+            if before.get(site, Status.UNKNOWN) is health.status:
+                continue
+            before[site] = health.status
+            if health.status is Status.DOWN:
+                held = " (held: no automatic change)" if state.held else ""
+                log.info(
+                    "site_down service=%s site=%s reason=%r%s", name, site, health.reason, held
+                )
+            elif health.status is Status.UP:
+                note = ""
+                if site not in state.members and health.since is not None:
+                    until = self.clock.to_wall(health.since + config.failback.stabilize)
+                    note = f" stabilizing until {_clock_time(until)}"
+                log.info("site_up service=%s site=%s%s", name, site, note)
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, set()
-            await self.converge(batch)
+    # -- decisions ------------------------------------------------------------------------
+
+    def request(self, name: str) -> None:
+        """Decide for ``name`` now and bring its provider to the decision soon."""
+        if name not in self.services:
+            return
+        urgent = self.decide(name)
+        self._converge_soon(name, urgent=urgent)
+
+    def _converge_soon(self, name: str, *, urgent: bool = False) -> None:
+        state = self.states[name]
+        if self.read_only or state.shares is None or state.applied_at is not None:
+            return
+        self.syncs[self.services[name].config.provider].request([name], urgent=urgent)
 
     async def tick(self) -> None:
         """Take operator commands and let time-based decisions (stabilize, ramp steps) fire."""
         self.take_commands()
-        changed = [name for name in self.services if self.decide(name)]
-        if changed:
-            await self.converge(changed, decided=True)
-        if self.clock() - self._last_confirm >= CONFIRM_EVERY:
+        for name in list(self.services):
+            urgent = self.decide(name)
+            self._converge_soon(name, urgent=urgent)
+        if self.clock.now() - self._last_confirm >= CONFIRM_EVERY:
             await self.confirm_changes()
 
-    def take_commands(self) -> dict[int, str]:
-        """Apply every pending operator command; return each one's result by id."""
-        results = {}
-        for command in self.store.pending():
-            results[command.id] = self._take(command)
-            self.store.complete(command.id, results[command.id])
-        return results
-
-    def _take(self, command: Command) -> str:
-        runtime = self.services.get(command.service)
-        if runtime is None:
-            return f"error: unknown service {command.service!r}"
-        try:
-            state, event = apply_command(
-                runtime.config, self.states[command.service], command.name, command.args
-            )
-        except CommandError as exc:
-            log.warning("command_rejected service=%s %s", command.service, exc)
-            return f"error: {exc}"
-        event = replace(event, message=f"{event.message} by {command.source}")
-        self._commit(command.service, state, [event])
-        return "ok"
-
     def decide(self, name: str) -> bool:
-        """Run the decision core for one service; persist and log; True if shares changed."""
+        """Run the decision core for one service and journal it; True when traffic must
+        move off a dead site at once. A failure here is this service's alone."""
         runtime = self.services[name]
-        health = self.site_health(name)
-        gates = health.pop(GATES).status
         before = self.states[name]
-        decision = decide(
-            runtime.config, before, health, gates, self.clock(), started=self.started(name)
-        )
+        health = self.service_health(name)
+        now = self.clock.now()
+        try:
+            decision = decide(runtime.config, before, health, now, started=self.started(name))
+        except Exception as exc:  # a bug for one service must not stop the others' failovers
+            log.exception("decide_error service=%s", name)
+            self.journal.error(name, f"cannot decide: {type(exc).__name__}: {exc}")
+            return False
         if decision.state != before or decision.events:
-            self._commit(name, decision.state, decision.events)
-        self._wake_at(name, self._next_due(name))
-        return decision.state.shares != before.shares
+            self.states[name] = decision.state
+            self.journal.record(name, decision.events, state=decision.state)
+        self._schedule_wakeup(name)
+        return any(e.kind in URGENT for e in decision.events)
 
-    def _next_due(self, name: str) -> float | None:
-        """When time alone may change this service's decision: a ramp step or a stabilize
-        period ending. The 1 s tick would find it too, up to a second late."""
-        service = self.services[name].config
-        state = self.states[name]
-        if state.ramp is not None:
-            if state.applied_at is None:
-                return None  # the step's hold starts when it is applied
-            return max(state.ramp.since, state.applied_at) + service.failback.step_duration
-        returning = [
-            h.since + service.failback.stabilize
-            for site, h in self.site_health(name).items()
-            if site != GATES
-            and site not in state.members
-            and h.status is Status.UP
-            and h.since is not None
-        ]
-        return min(returning, default=None)
-
-    def _wake_at(self, name: str, due: float | None) -> None:
+    def _schedule_wakeup(self, name: str) -> None:
+        """Decide again when time alone may change the decision (the 1 s tick would find it
+        too, up to a second late)."""
         handle = self._wakeups.pop(name, None)
         if handle is not None:
             handle.cancel()
-        if self.read_only or due is None or due <= self.clock():
+        runtime = self.services.get(name)
+        if self.read_only or runtime is None:
+            return
+        due = next_step_at(runtime.config, self.states[name], self.service_health(name))
+        now = self.clock.now()
+        if due is None or due <= now:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # called outside the service (plan preview, tests): nothing to wake
-        self._wakeups[name] = loop.call_later(due - self.clock(), self.request, name)
+            return  # outside the service (tests): the next tick decides
+        self._wakeups[name] = loop.call_later(due - now, self.request, name)
 
-    def _commit(self, name: str, state: ServiceState, events: Iterable[Event]) -> None:
-        now = self.clock()
-        entries = []
-        for event in events:
-            if self.read_only:
-                self.previewed.append((name, event))
-                continue
-            log.log(
-                logging.WARNING if event.kind in ("failover", "all_down") else logging.INFO,
-                "%s %s: %s",
-                event.kind,
-                name,
-                event.message,
-            )
-            data: dict[str, object] = {"site": event.site} if event.site else {}
-            if state.shares is not None:
-                data["shares"] = dict(state.shares)
-            entries.append(JournalEntry(now, name, event.kind, event.message, data))
-        self.states[name] = state
-        self.store.save(name, state, entries)
-        self._emit("journaled", entries)
+    # -- operator commands ----------------------------------------------------------------
 
-    # -- providers --------------------------------------------------------------------------
+    def take_commands(self) -> dict[int, str]:
+        """Apply every pending operator command from the store; each one's result by id."""
+        if self.read_only:
+            return {}
+        try:
+            pending = self.store.pending()
+        except Exception as exc:  # a broken store must not stop the tick's decisions
+            log.error("store_error reading commands: %s", exc)
+            return {}
+        results = {}
+        for command in pending:
+            results[command.id] = self._take(command)
+            if self.writer is not None:
+                self.writer.complete(command.id, results[command.id])
+        return results
 
-    async def converge(
-        self, names: Iterable[str], *, decided: bool = False, apply: bool = True
-    ) -> dict[str, Plan]:
-        """Decide (unless done) and bring each provider's answers to the decided shares."""
-        names = list(names)
-        if not decided:
-            for name in names:
-                self.decide(name)
-        by_provider: dict[str, list[ServiceConfig]] = defaultdict(list)
+    def _take(self, command: Command) -> str:
+        return self.execute(command.service, command.name, command.args, command.source)
+
+    def execute(self, service: str, name: str, args: Mapping[str, object], source: str) -> str:
+        """Apply one operator command now: ``ok`` or ``error: why``."""
+        runtime = self.services.get(service)
+        if runtime is None:
+            return f"error: unknown service {service!r}"
+        try:
+            state, event = apply_command(runtime.config, self.states[service], name, dict(args))
+        except CommandError as exc:
+            log.warning("command_rejected service=%s %s", service, exc)
+            return f"error: {exc}"
+        event = replace(event, message=f"{event.message} by {source}")
+        self.states[service] = state
+        self.journal.record(service, [event], state=state)
+        self.request(service)
+        return "ok"
+
+    # -- providers ------------------------------------------------------------------------
+
+    def _by_provider(self, names: Iterable[str]) -> dict[str, list[str]]:
+        grouped: dict[str, list[str]] = {}
         for name in names:
-            service = self.services[name].config
-            if self.states[name].shares is not None:
-                by_provider[service.provider].append(service)
+            if name in self.services:
+                grouped.setdefault(self.services[name].config.provider, []).append(name)
+        return grouped
+
+    async def converge(self, names: Iterable[str], *, apply: bool = True) -> dict[str, Plan]:
+        """Decide and bring each provider's answers to the decisions now; the plans (a
+        preview passes ``apply=False``)."""
+        names = list(names)
+        for name in names:
+            self.decide(name)
         plans = {}
-        for provider_name, services in by_provider.items():
-            async with self._locks[provider_name]:
-                plan = await self._sync_provider(provider_name, services, apply=apply)
+        for provider, members in self._by_provider(names).items():
+            plan = await self.syncs[provider].sync(members, apply=apply)
             if plan is not None:
-                plans[provider_name] = plan
+                plans[provider] = plan
         return plans
 
-    async def reconcile(self, *, apply: bool = True) -> dict[str, Plan]:
+    async def reconcile(self) -> None:
         """Compare every service with its backend and correct drift; confirm changes."""
         self.take_commands()
-        plans = await self.converge(list(self.services), apply=apply)
-        if apply:
-            await self.confirm_changes()
-        return plans
+        for name in self.services:
+            self.decide(name)
+        for provider, members in self._by_provider(self.services).items():
+            ready = [n for n in members if self.states[n].shares is not None]
+            self.syncs[provider].request(ready)
+        await self.idle()
+        await self.confirm_changes()
 
-    async def _sync_provider(
-        self, provider_name: str, services: list[ServiceConfig], *, apply: bool
-    ) -> Plan | None:
-        provider = self.providers[provider_name]
-        status = self.provider_status[provider_name]
-        took: float | None = None
-        plan: Plan | None = None
-        try:
-            actual = await provider.read(services)
-            plan = plan_services(
-                (s, self._desired(provider, s), actual.get(s.name, ())) for s in services
-            )
-            if not apply:
-                return plan
-            started = time.monotonic()
-            receipt = await provider.apply(plan)
-            took = time.monotonic() - started if plan else None
-        except (ProviderError, UnsafePlanError) as exc:
-            status.lagging = provider.lagging_instances
-            failed = [s for s in services if s.name in (getattr(exc, "services", None) or ())]
-            if plan is not None and apply and failed:
-                # The provider applied the rest of the plan before naming these.
-                self._applied(provider_name, [s for s in services if s not in failed], plan, None)
-            self._provider_failed(provider_name, failed or services, exc)
-            self._emit("provider_synced", provider_name, exc, took)
-            return None
-        status.lagging = provider.lagging_instances
-        status.ok, status.error, status.failures_in_row = True, "", 0
-        status.last_success = self.clock()
-        self._applied(provider_name, services, plan, receipt)
-        self._emit("provider_synced", provider_name, None, took)
-        return plan
-
-    def _desired(self, provider: Provider, service: ServiceConfig) -> tuple[Answer, ...]:
-        shares = self.states[service.name].shares or {}
-        return render(service, shares, weighted=provider.SUPPORTS_WEIGHTS)
-
-    def _applied(
-        self, provider_name: str, services: list[ServiceConfig], plan: Plan, receipt: Receipt | None
-    ) -> None:
-        now = self.clock()
-        for service in services:
-            changes = plan.for_service(service.name)
-            state = self.states[service.name]
-            entries = []
-            if changes:
-                text = "; ".join(str(c) for c in changes)
-                # Shares already applied, yet the backend differed: someone changed it.
-                kind = "drift" if state.applied_at is not None else "provider_change"
-                log.log(
-                    logging.WARNING if kind == "drift" else logging.INFO,
-                    "%s %s: %s",
-                    kind,
-                    service.name,
-                    text,
-                )
-                data: dict[str, object] = {"provider": provider_name}
-                if receipt is not None:
-                    data["change_ids"] = list(receipt.change_ids)
-                    self.store.record_change(
-                        ChangeRecord(
-                            service.name,
-                            provider_name,
-                            receipt.change_ids,
-                            receipt.submitted_at,
-                            receipt.in_sync,
-                            now if receipt.in_sync else None,
-                        )
-                    )
-                entries.append(JournalEntry(now, service.name, kind, text, data))
-            if state.applied_at is None or entries:
-                state = replace(state, applied_at=now)
-                self.states[service.name] = state
-                self.store.save(service.name, state, entries)
-                self._emit("journaled", entries)
-                self._wake_at(service.name, self._next_due(service.name))
-
-    def _provider_failed(
-        self, provider_name: str, services: list[ServiceConfig], exc: Exception
-    ) -> None:
-        status = self.provider_status[provider_name]
-        status.ok, status.error = False, str(exc)
-        status.error_kind = getattr(exc, "kind", type(exc).__name__)
-        status.errors += 1
-        status.failures_in_row += 1
-        names = ", ".join(s.name for s in services)
-        log.error(
-            "provider_error provider=%s services=%s kind=%s error=%s",
-            provider_name,
-            names,
-            status.error_kind,
-            exc,
-        )
-        entries = [
-            JournalEntry(
-                self.clock(), s.name, "provider_error", str(exc), {"provider": provider_name}
-            )
-            for s in services
-        ]
-        self.store.append(entries)
-        self._emit("journaled", entries)
-        if isinstance(exc, PermanentProviderError | UnsafePlanError):
-            return  # not hammered: the reconcile interval retries it
-        delay = max(1.0, backoff_delay(status.failures_in_row, base=1.0, cap=RETRY_CAP))
-        for service in services:
-            self._retry_later(service.name, delay)
-
-    def _retry_later(self, name: str, delay: float) -> None:
-        """The pending change stays in the state; ask again after ``delay``."""
-        if self.read_only:
-            return
-        if name in self._retry_handles and not self._retry_handles[name].cancelled():
-            self._retry_handles[name].cancel()
-        loop = asyncio.get_running_loop()
-        self._retry_handles[name] = loop.call_later(delay, self.request, name)
+    async def idle(self) -> None:
+        """Return once no provider has anything pending or in flight."""
+        for sync in list(self.syncs.values()):
+            await sync.idle()
 
     async def confirm_changes(self) -> None:
         """Ask providers whether recorded changes are in sync (Route53 ``INSYNC``)."""
-        self._last_confirm = self.clock()
-        for name in self.services:
-            record = self.store.last_change(name)
-            if record is None or record.in_sync or record.provider not in self.providers:
-                continue
-            receipt = Receipt(record.provider, record.change_ids, record.submitted_at, False)
+        self._last_confirm = self.clock.now()
+        if self.writer is None:
+            return
+        for name in list(self.services):
             try:
-                in_sync = await self.providers[record.provider].confirm(receipt)
-            except ProviderError as exc:
-                log.warning("confirm_failed service=%s error=%s", name, exc)
+                record = self.store.last_change(name)
+            except Exception as exc:
+                log.error("store_error reading changes: %s", exc)
+                return
+            if record is None or record.in_sync or record.provider not in self.syncs:
                 continue
-            if in_sync:
-                self.store.record_change(replace(record, in_sync=True, confirmed_at=self.clock()))
-                lag = self.clock() - record.submitted_at
-                log.info(
-                    "in_sync %s: change %s after %.1fs", name, ",".join(record.change_ids), lag
-                )
+            confirmed = await self.syncs[record.provider].confirm(record)
+            if confirmed is not None:
+                self.writer.record_change(confirmed)
 
-    def _emit(self, hook: str, *args: object) -> None:
-        for listener in self.listeners:
-            try:
-                getattr(listener, hook)(*args)
-            except Exception:  # an observer must never stop a traffic change
-                log.exception("listener_error listener=%s hook=%s", type(listener).__name__, hook)
+    async def close(self) -> None:
+        """Stop syncing and timers, flush what is queued for the store."""
+        for handle in self._wakeups.values():
+            handle.cancel()
+        for sync in self.syncs.values():
+            sync.close()
+        if self.writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+
+
+def _clock_time(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall))

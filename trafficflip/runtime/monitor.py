@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from trafficflip.config.schema import Check, HealthConfig, ServiceConfig
 from trafficflip.decision.health import CheckHealth, observe, site_health
-from trafficflip.decision.model import ProbeResult, SiteHealth
-
-# The pseudo-site under which a service's failback gates are kept.
-GATES = "__gates__"
+from trafficflip.decision.model import ProbeResult, ServiceHealth, SiteHealth, Status
 
 
 @dataclass(frozen=True)
@@ -30,10 +27,15 @@ class ProbeJob:
 
 @dataclass
 class ServiceRuntime:
-    """Per-service wiring: which probe keys make up each site and the gates."""
+    """Per-service wiring: which probe keys make up each site, and the failback gates."""
 
     config: ServiceConfig
     site_checks: dict[str, list[str]] = field(default_factory=dict)
+    gate_checks: list[str] = field(default_factory=list)
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for keys in self.site_checks.values() for k in keys] + self.gate_checks
 
 
 def check_key(check: Check, health: HealthConfig) -> str:
@@ -51,47 +53,69 @@ class HealthMonitor:
         self.subscribers: dict[str, set[str]] = defaultdict(set)
         self.services: dict[str, ServiceRuntime] = {}
         for service in services:
-            self._wire(service)
+            self.add(service)
 
-    def _wire(self, service: ServiceConfig) -> None:
+    def add(self, service: ServiceConfig) -> None:
+        """Wire a service's checks; a check already probed for another service is shared
+        (its health carries over, as on a reload that changed nothing about it)."""
         runtime = ServiceRuntime(service)
-        groups = {site.name: site.checks for site in service.sites}
-        groups[GATES] = service.failback.gates
-        for group, checks in groups.items():
-            keys = []
-            for check in checks:
-                key = check_key(check, service.health)
-                self.jobs.setdefault(key, ProbeJob(key, check, service.health))
-                self.checks.setdefault(key, CheckHealth())
-                self.subscribers[key].add(service.name)
-                keys.append(key)
-            runtime.site_checks[group] = keys
+        for site in service.sites:
+            runtime.site_checks[site.name] = self._keys(service, site.checks)
+        runtime.gate_checks = self._keys(service, service.failback.gates)
         self.services[service.name] = runtime
+
+    def _keys(self, service: ServiceConfig, checks: Sequence[Check]) -> list[str]:
+        keys = []
+        for check in checks:
+            key = check_key(check, service.health)
+            self.jobs.setdefault(key, ProbeJob(key, check, service.health))
+            self.checks.setdefault(key, CheckHealth())
+            self.subscribers[key].add(service.name)
+            keys.append(key)
+        return keys
+
+    def remove(self, name: str) -> None:
+        """Unwire a service; checks no other service uses are dropped."""
+        runtime = self.services.pop(name)
+        for key in runtime.keys:
+            self.subscribers[key].discard(name)
+            if not self.subscribers[key]:
+                del self.subscribers[key], self.jobs[key], self.checks[key]
 
     def observe(self, key: str, result: ProbeResult) -> set[str]:
         """Fold a probe result in; return the services whose health may have changed."""
-        health = self.jobs[key].health
+        job = self.jobs.get(key)
+        if job is None:
+            return set()  # a probe of a check a reload just removed
         before = self.checks[key]
-        after = observe(before, result, rise=health.rise, fall=health.fall)
+        after = observe(before, result, rise=job.health.rise, fall=job.health.fall)
         self.checks[key] = after
         changed = after.status is not before.status
-        if changed or after.settled(health.rise) != before.settled(health.rise):
+        if changed or after.settled(job.health.rise) != before.settled(job.health.rise):
             return set(self.subscribers[key])
         return set()
 
-    def site_health(self, service: str) -> dict[str, SiteHealth]:
-        """Each site's health, and the gates' under ``GATES`` (gates always need all)."""
+    def service_health(self, service: str) -> ServiceHealth:
+        """Each site's health (``health.require`` combines its checks) and the gates'
+        (gates always need all)."""
         runtime = self.services[service]
         require = runtime.config.health.require
-        return {
-            group: site_health([self.checks[k] for k in keys], "all" if group == GATES else require)
-            for group, keys in runtime.site_checks.items()
-        }
+        sites = {site: self._combine(keys, require) for site, keys in runtime.site_checks.items()}
+        return ServiceHealth(sites, self._combine(runtime.gate_checks, "all").status)
+
+    def _combine(self, keys: Sequence[str], require: str) -> SiteHealth:
+        labels = [self.jobs[k].check.describe() for k in keys]
+        return site_health(
+            [self.checks[k] for k in keys], "any" if require == "any" else "all", labels
+        )
 
     def started(self, service: str) -> bool:
         """True once every check of the service finished its start-up probes."""
         runtime = self.services[service]
         rise = runtime.config.health.rise
-        return all(
-            self.checks[k].settled(rise) for keys in runtime.site_checks.values() for k in keys
-        )
+        return all(self.checks[k].settled(rise) for k in runtime.keys)
+
+
+def unknown(health: ServiceHealth) -> list[str]:
+    """The sites whose status is not known yet."""
+    return [s for s, h in health.sites.items() if h.status is Status.UNKNOWN]

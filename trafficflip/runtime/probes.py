@@ -1,8 +1,18 @@
 """Health probes: HTTP(S), TCP connect and DNS. Every probe has a hard timeout and never raises.
 
-One ``Prober`` per process holds the shared ``httpx.AsyncClient`` (a client per request leaks
-sockets). Certificate verification is a client setting in httpx, so checks with
-``verify: false`` share a second client.
+HTTP checks take one of two paths (``Prober(http=...)``):
+
+- ``lean`` (the default): ``trafficflip.runtime.probe_http``, h11 over asyncio streams, for
+  every check whose URL has no credentials in it;
+- ``httpx``: the shared ``httpx.AsyncClient`` (a client per request leaks sockets), for URLs
+  with ``user:pass@`` (Basic auth), and for every check when ``http="httpx"``. Certificate
+  verification is a client setting in httpx, so checks with ``verify: false`` share a second
+  client.
+
+Both paths give the same reasons: ``status N``, ``body mismatch``, ``timeout``, ``connect
+refused``, ``tls error``, ``protocol error``, ``connect error``, ``slow ...`` and
+``inconclusive: prober overloaded ...``. Results are stamped with ``clock`` (monotonic by
+default, as every decision compares them).
 """
 
 from __future__ import annotations
@@ -13,20 +23,30 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Literal
 
 import dns.asyncquery
 import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import h11
 import httpx
 
 from trafficflip.config.schema import Check, DnsCheck, HttpCheck, TcpCheck, split_host_port
 from trafficflip.decision.model import ProbeResult
+from trafficflip.runtime.probe_http import (
+    MAX_BODY,
+    USER_AGENT,
+    LeanRequest,
+    lean_http,
+    lean_supports,
+    tls_contexts,
+)
 
-# Bodies are matched on a bounded prefix: a health page is small, a misrouted one may not be.
-MAX_BODY = 64 * 1024
-USER_AGENT = "trafficflip-probe"
+HttpPath = Literal["lean", "httpx"]
+# Checks come from the configuration; a caller minting new ones per probe must not grow this.
+PREPARED_CACHE = 100_000
 # A timeout during which our own event loop stalled this share of the timeout is ours.
 OVERLOAD_FRACTION = 0.25
 MAX_IN_FLIGHT = 64
@@ -68,12 +88,20 @@ class LoopMonitor:
 
 
 class Prober:
-    """Runs checks. ``clock`` stamps results; latency uses the monotonic clock."""
+    """Runs checks. ``clock`` (monotonic) stamps results; latency uses the monotonic clock."""
 
     def __init__(
-        self, clock: Callable[[], float] = time.time, max_in_flight: int = MAX_IN_FLIGHT
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        *,
+        http: HttpPath = "lean",
     ) -> None:
         self.clock = clock
+        self.http_path = http
+        # Prepared lean requests by check identity; the check is kept so its id stays unique.
+        self._lean: dict[int, tuple[HttpCheck, LeanRequest | None]] = {}
+        self._tls = tls_contexts()
         self.loop_monitor = LoopMonitor()
         # httpcore scans its whole pool on every request: with hundreds of requests in it an
         # overloaded prober slows down quadratically. Probes beyond this wait their turn, and
@@ -104,7 +132,9 @@ class Prober:
         self.loop_monitor.ensure_running()
         started = time.monotonic()
         try:
-            reason = await asyncio.wait_for(self._run(check, timeout), timeout)
+            # asyncio.timeout, not wait_for: no extra task per probe.
+            async with asyncio.timeout(timeout):
+                reason = await self._run(check, timeout)
         except TimeoutError:
             reason = "timeout"
         except Exception as exc:  # a probe must never take the scheduler down
@@ -128,7 +158,24 @@ class Prober:
             return await _tcp(check)
         return await _dns(check, timeout)
 
+    def _prepared(self, check: HttpCheck) -> LeanRequest | None:
+        """The lean request for ``check``, or None when it takes the httpx path."""
+        entry = self._lean.get(id(check))
+        if entry is None or entry[0] is not check:
+            lean = self.http_path == "lean" and lean_supports(check)
+            entry = (check, LeanRequest.prepare(check) if lean else None)
+            if len(self._lean) >= PREPARED_CACHE:
+                self._lean.clear()
+            self._lean[id(check)] = entry
+        return entry[1]
+
     async def _http(self, check: HttpCheck, timeout: float) -> str | None:
+        prepared = self._prepared(check)
+        if prepared is not None:
+            return await lean_http(check, prepared, self._tls)
+        return await self._httpx(check, timeout)
+
+    async def _httpx(self, check: HttpCheck, timeout: float) -> str | None:
         headers = dict(check.headers)
         if check.host:
             headers["Host"] = check.host
@@ -206,7 +253,7 @@ def _describe_error(exc: BaseException) -> str:
         return "connect refused"
     if isinstance(cause, ssl.SSLError) or "certificate" in str(exc).lower():
         return "tls error"
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, httpx.RemoteProtocolError | h11.ProtocolError):
         return "protocol error"
     if isinstance(exc, httpx.ConnectError | OSError):
         return "connect error"

@@ -1,52 +1,34 @@
-"""The scheduler wiring: APScheduler 3.x triggers probes, ticks and reconciles; it decides nothing.
+"""The scheduler wiring: it triggers probes, ticks and reconciles; it decides nothing.
 
-One ``AsyncIOScheduler`` per process (a scheduler per web worker would run every job N times).
-Every job has ``max_instances=1``, ``coalesce=True`` and an explicit misfire grace: a late run
-is still run once rather than silently skipped by APScheduler's 1 s default.
+Probes, the 1 s engine tick and the reconcile run on a ``MonotonicScheduler`` (the event
+loop's monotonic clock), so a wall-clock step neither stalls nor hurries a failover. One
+APScheduler ``AsyncIOScheduler`` per process stays for jobs that belong to the wall clock
+(cron-like jobs; none today). One scheduler per process: a scheduler per web worker would run
+every job N times.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections import deque
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC
 from typing import Protocol
 
-from apscheduler.events import (
-    EVENT_JOB_ERROR,
-    EVENT_JOB_MAX_INSTANCES,
-    EVENT_JOB_MISSED,
-    EVENT_JOB_SUBMITTED,
-    JobEvent,
-    JobExecutionEvent,
-    JobSubmissionEvent,
-)
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.monitor import ProbeJob
+from trafficflip.runtime.probe_scheduler import LAG_SAMPLES, MonotonicScheduler, SchedulerStats
+from trafficflip.runtime.probe_workers import ProbeWorkers
 from trafficflip.runtime.probes import Prober
+
+__all__ = ["LAG_SAMPLES", "TICK_INTERVAL", "Component", "Runner", "SchedulerStats"]
 
 log = logging.getLogger("trafficflip.runtime.scheduler")
 TICK_INTERVAL = 1.0
-# Lag samples kept for status and benchmarks.
-LAG_SAMPLES = 10000
-
-
-class SchedulerStats:
-    """Scheduling lag (actual start minus due time) and missed or overrunning jobs."""
-
-    def __init__(self) -> None:
-        self.lags: deque[float] = deque(maxlen=LAG_SAMPLES)
-        self.missed = 0
-        self.overrun = 0
-        self.errors = 0
-        self.runs = 0
 
 
 class Component(Protocol):
@@ -58,7 +40,11 @@ class Component(Protocol):
 
 
 class Runner:
-    """Runs the engine under one scheduler, with its components, until ``stop()``."""
+    """Runs the engine under one scheduler, with its components, until ``stop()``.
+
+    ``alive_at`` is the monotonic time (``time.monotonic()``) of the last engine tick;
+    ``/healthz`` compares it with ``time.monotonic()``.
+    """
 
     def __init__(
         self,
@@ -67,84 +53,89 @@ class Runner:
         *,
         reconcile_interval: float,
         components: Sequence[Component] = (),
+        probe_workers: int = 1,
+        log_level: str = "INFO",
+        log_format: str = "text",
     ) -> None:
+        """``probe_workers`` 1 probes in this process; N > 1 runs N probe processes (they log
+        with ``log_level`` and ``log_format``)."""
         self.engine = engine
         self.prober = prober
         self.reconcile_interval = reconcile_interval
         self.components = list(components)
         self.stats = SchedulerStats()
+        self.timers = MonotonicScheduler(self.stats)
+        # For wall-clock jobs only; probes, ticks and reconciles are on ``timers``.
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._stopped = asyncio.Event()
-        self.alive_at = time.time()
+        self.alive_at = time.monotonic()
+        self._probing: set[str] = set()
+        self.workers = (
+            ProbeWorkers(
+                list(engine.jobs.values()),
+                probe_workers,
+                engine.observe,
+                self.stats,
+                log_level=log_level,
+                log_format=log_format,
+            )
+            if probe_workers > 1
+            else None
+        )
 
     def schedule(self) -> None:
-        now = datetime.now(UTC)
-        for job in self.engine.jobs.values():
-            self._add_probe(job, now)
-        self.scheduler.add_job(
-            self._tick,
-            IntervalTrigger(seconds=TICK_INTERVAL),
-            id="tick",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=30,
-            next_run_time=now,
-        )
-        self.scheduler.add_job(
-            self._reconcile,
-            IntervalTrigger(seconds=self.reconcile_interval),
-            id="reconcile",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=int(self.reconcile_interval) + 1,
-            next_run_time=now,
-        )
-        self.scheduler.add_listener(
-            self._on_event,
-            EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_SUBMITTED | EVENT_JOB_ERROR,
-        )
+        """Add the probe (unless workers run them), tick and reconcile jobs; probes are
+        spread over their interval."""
+        if self.workers is None:
+            self._probing = set(self.engine.jobs)
+            self.timers.add_spread(
+                [
+                    (key, job.health.interval, self._prober_of(job))
+                    for key, job in self.engine.jobs.items()
+                ]
+            )
+        self.timers.add("tick", TICK_INTERVAL, self._tick)
+        self.timers.add("reconcile", self.reconcile_interval, self._reconcile)
+        self.scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_ERROR)
 
-    def _add_probe(self, job: ProbeJob, now: datetime) -> None:
-        interval = job.health.interval
-        # Spread first runs over one interval so a thousand checks do not fire together.
-        first = now + timedelta(seconds=random.uniform(0, interval))
-        self.scheduler.add_job(
-            self._probe,
-            IntervalTrigger(seconds=interval, jitter=min(0.05 * interval, 0.5)),
-            args=[job.key],
-            id=f"probe:{hash(job.key)}",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, int(interval)),
-            next_run_time=first,
+    async def sync_probes(self) -> None:
+        """Follow ``engine.jobs`` after a reload: probe new checks, stop removed ones.
+        Workers are restarted with new shards when the set of checks changed."""
+        if self.workers is not None:
+            await self.workers.reshard(list(self.engine.jobs.values()))
+            return
+        current = set(self.engine.jobs)
+        for key in self._probing - current:
+            self.timers.remove(key)
+        added = [self.engine.jobs[key] for key in current - self._probing]
+        self.timers.add_spread(
+            [(job.key, job.health.interval, self._prober_of(job)) for job in added]
         )
+        self._probing = current
 
-    async def _probe(self, key: str) -> None:
-        job = self.engine.jobs[key]
-        result = await self.prober.probe(job.check, job.health.timeout)
-        self.engine.observe(key, result)
+    def _prober_of(self, job: ProbeJob) -> Callable[[], Awaitable[None]]:
+        key, check, timeout = job.key, job.check, job.health.timeout
+        probe, observe = self.prober.probe, self.engine.observe
+
+        async def run() -> None:
+            observe(key, await probe(check, timeout))
+
+        return run
 
     async def _tick(self) -> None:
-        self.alive_at = time.time()
+        self.alive_at = time.monotonic()
         await self.engine.tick()
 
     async def _reconcile(self) -> None:
         await self.engine.reconcile()
 
     def _on_event(self, event: JobEvent) -> None:
-        if event.code == EVENT_JOB_SUBMITTED and isinstance(event, JobSubmissionEvent):
-            self.stats.runs += 1
-            due = event.scheduled_run_times[-1]
-            self.stats.lags.append((datetime.now(UTC) - due).total_seconds())
-        elif event.code == EVENT_JOB_MISSED:
+        if event.code == EVENT_JOB_MISSED:
             self.stats.missed += 1
             log.warning("job_missed job=%s", event.job_id)
-        elif event.code == EVENT_JOB_MAX_INSTANCES:
-            self.stats.overrun += 1
-            log.warning("job_overrun job=%s: previous run still going", event.job_id)
-        elif event.code == EVENT_JOB_ERROR and isinstance(event, JobExecutionEvent):
+        else:
             self.stats.errors += 1
-            log.error("job_error job=%s error=%r", event.job_id, event.exception)
+            log.error("job_error job=%s", event.job_id)
 
     async def run(self) -> None:
         """Start the scheduler and the components, wait until ``stop()``, shut all down.
@@ -153,9 +144,13 @@ class Runner:
         stopping service still reach a notifier listed before the API server.
         """
         self.schedule()
+        self.timers.start()
         self.scheduler.start()
         started: list[Component] = []
         try:
+            if self.workers is not None:
+                await self.workers.start()
+                started.append(self.workers)
             for component in self.components:
                 await component.start()
                 started.append(component)
@@ -164,12 +159,14 @@ class Runner:
             )
             await self._stopped.wait()
         finally:
+            self.timers.stop()
             self.scheduler.shutdown(wait=False)
             for component in reversed(started):
                 await component.stop()
             await self._close()
 
     async def _close(self) -> None:
+        await self.engine.close()
         await self.prober.close()
         for provider in self.engine.providers.values():
             await provider.close()

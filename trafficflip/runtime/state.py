@@ -7,15 +7,18 @@ decision without its record or the other way round.
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from trafficflip.decision.model import JournalEntry, Ramp, ServiceState
+from trafficflip.decision.model import JournalEntry, Ramp, RampReason, ServiceState
 from trafficflip.errors import ConfigError
 
 
@@ -53,7 +56,24 @@ class StateStore(Protocol):
     def complete(self, command_id: int, result: str) -> None: ...
     def record_change(self, record: ChangeRecord) -> None: ...
     def last_change(self, service: str) -> ChangeRecord | None: ...
+    def write(self, batch: WriteBatch) -> None: ...
+    def touch(self) -> None: ...
+    def prune(self, before: float, keep: int) -> int: ...
+    def for_writer(self) -> StateStore: ...
     def close(self) -> None: ...
+
+
+@dataclass
+class WriteBatch:
+    """Everything the writer thread has queued, written in one transaction."""
+
+    states: dict[str, ServiceState]
+    entries: list[JournalEntry]
+    changes: dict[str, ChangeRecord]
+    completed: dict[int, str]
+
+    def __bool__(self) -> bool:
+        return bool(self.states or self.entries or self.changes or self.completed)
 
 
 SCHEMA = """
@@ -70,7 +90,10 @@ CREATE TABLE IF NOT EXISTS commands (
 CREATE TABLE IF NOT EXISTS changes (
     service TEXT PRIMARY KEY, provider TEXT NOT NULL, change_ids TEXT NOT NULL,
     submitted_at REAL NOT NULL, in_sync INTEGER NOT NULL, confirmed_at REAL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# In-memory databases shared by a reader and the writer thread are named, one per store.
+_MEMORY_NAMES = itertools.count()
 
 
 def sqlite_path(url: str) -> str:
@@ -96,16 +119,31 @@ def open_store_read_only(url: str) -> SqliteStateStore | None:
 
 
 class SqliteStateStore:
-    """SQLite in WAL mode: the running instance writes, CLI commands write beside it."""
+    """SQLite in WAL mode: the running instance writes, CLI commands write beside it.
 
-    def __init__(self, path: str, *, read_only: bool = False) -> None:
+    The service reads on the event loop's connection and writes on the writer thread's
+    (``for_writer``): in WAL mode readers never wait for a writer, so a locked or full
+    database delays persistence but never the loop.
+    """
+
+    def __init__(self, path: str, *, read_only: bool = False, busy_timeout: float = 10.0) -> None:
+        self.path = path
         if read_only:
             uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+            self._db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
             return
-        if path != ":memory:":
+        if path == ":memory:":
+            name = f"trafficflip-{os.getpid()}-{next(_MEMORY_NAMES)}"
+            self.path = f"file:{name}?mode=memory&cache=shared"
+        elif not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        self._db = sqlite3.connect(
+            self.path,
+            uri=self.path.startswith("file:"),
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a decision acknowledged to the provider must survive a power cut.
         self._db.execute("PRAGMA synchronous=FULL")
@@ -175,15 +213,7 @@ class SqliteStateStore:
     def record_change(self, record: ChangeRecord) -> None:
         with self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.service,
-                    record.provider,
-                    json.dumps(record.change_ids),
-                    record.submitted_at,
-                    int(record.in_sync),
-                    record.confirmed_at,
-                ),
+                "INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?, ?, ?)", _change_row(record)
             )
 
     def last_change(self, service: str) -> ChangeRecord | None:
@@ -191,6 +221,55 @@ class SqliteStateStore:
         if row is None:
             return None
         return ChangeRecord(row[0], row[1], tuple(json.loads(row[2])), row[3], bool(row[4]), row[5])
+
+    def write(self, batch: WriteBatch) -> None:
+        """Write a batch in one transaction: all of it or nothing."""
+        now = time.time()
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO services(name, state, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET state = excluded.state, "
+                "updated_at = excluded.updated_at",
+                [(name, state_to_json(state), now) for name, state in batch.states.items()],
+            )
+            self._insert_journal(batch.entries)
+            for record in batch.changes.values():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?, ?, ?)",
+                    _change_row(record),
+                )
+            self._db.executemany(
+                "UPDATE commands SET done_at = ?, result = ? WHERE id = ?",
+                [(now, result, cid) for cid, result in batch.completed.items()],
+            )
+
+    def touch(self) -> None:
+        """A small write, so readiness knows the store still takes writes (disk not full)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('alive', ?)", (str(time.time()),)
+            )
+
+    def prune(self, before: float, keep: int) -> int:
+        """Delete journal entries older than ``before`` and beyond the newest ``keep``."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM journal WHERE at < ? OR id <= "
+                "(SELECT COALESCE(MAX(id), 0) - ? FROM journal)",
+                (before, keep),
+            )
+            self._db.execute(
+                "DELETE FROM commands WHERE done_at IS NOT NULL AND done_at < ?", (before,)
+            )
+        return int(cursor.rowcount)
+
+    def for_writer(self) -> SqliteStateStore:
+        """A second connection to the same database, for the writer thread."""
+        return SqliteStateStore(self.path)
+
+    def names(self) -> list[str]:
+        """Every service with a stored state."""
+        return [r[0] for r in self._db.execute("SELECT name FROM services ORDER BY name")]
 
     def close(self) -> None:
         self._db.close()
@@ -211,6 +290,58 @@ class _Transaction:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
+def _change_row(record: ChangeRecord) -> tuple[object, ...]:
+    return (
+        record.service,
+        record.provider,
+        json.dumps(record.change_ids),
+        record.submitted_at,
+        int(record.in_sync),
+        record.confirmed_at,
+    )
+
+
+class StateLock:
+    """One ``run`` per state file: an exclusive ``flock`` on ``<file>.lock`` holding the pid.
+
+    The kernel drops the lock when the process dies, however it dies, so a stale lock
+    file never blocks a restart.
+    """
+
+    def __init__(self, url: str) -> None:
+        path = sqlite_path(url)
+        self.path = None if path == ":memory:" else Path(path + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``StateLocked`` naming the holder."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateLocked(
+                f"state {self.path.with_suffix('')} is in use by another trafficflip run "
+                f"(pid {holder}, lock {self.path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class StateLocked(Exception):
+    """Another process holds the state file's lock."""
+
+
 def state_to_json(state: ServiceState) -> str:
     return json.dumps(asdict(state), sort_keys=True)
 
@@ -220,7 +351,7 @@ def state_from_json(text: str) -> ServiceState:
     ramp = raw.get("ramp")
     return ServiceState(
         members=tuple(raw.get("members", ())),
-        ramp=Ramp(tuple(ramp["to"]), ramp["step"], ramp["since"], ramp.get("reason", "failback"))
+        ramp=Ramp(tuple(ramp["to"]), ramp["step"], ramp["since"], _ramp_reason(ramp))
         if ramp
         else None,
         shares=raw.get("shares"),
@@ -232,3 +363,9 @@ def state_from_json(text: str) -> ServiceState:
         order=tuple(raw["order"]) if raw.get("order") else None,
         all_down=raw.get("all_down", False),
     )
+
+
+def _ramp_reason(ramp: Mapping[str, object]) -> RampReason:
+    reason = str(ramp.get("reason", "failback"))
+    # Stored before planned moves and drains had names of their own.
+    return RampReason.PLANNED_MOVE if reason == "operator" else RampReason(reason)

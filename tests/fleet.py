@@ -1,0 +1,114 @@
+"""A fleet on one Route53 zone: N services, each its own checks, behind a counting proxy.
+
+One primary web server answers every service's primary check (a distinct path each, so
+every service has checks of its own, as a real fleet does) and one dr server the dr
+checks: stopping the primary server is a site outage that moves every service at once.
+Used by the mass-failover test and ``bench/mass_failover.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+
+from tests.support import ROOT, CountingProxy, HttpSite, MotoServer, Process, trafficflip_command
+
+PRIMARY, DR = "192.0.2.10", "198.51.100.20"
+
+
+class Fleet:
+    def __init__(
+        self,
+        tmp: Path,
+        moto: MotoServer,
+        *,
+        services: int,
+        calls_per_second: float,
+        interval: float = 1.0,
+        fall: int = 2,
+    ) -> None:
+        self.tmp, self.count = tmp, services
+        self.proxy = CountingProxy(moto.url, max_changes_per_second=calls_per_second)
+        self.route53 = boto3.client(
+            "route53",
+            endpoint_url=moto.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference=str(tmp))
+        self.zone_id = zone["HostedZone"]["Id"]
+        self.primary, self.dr = HttpSite().start(), HttpSite().start()
+        self.config = tmp / "fleet.yaml"
+        self.config.write_text(yaml.safe_dump(self._config(interval, fall, calls_per_second)))
+        self.env = {**moto.env(), "AWS_ENDPOINT_URL": self.proxy.url}
+        self.process: Process | None = None
+
+    def _config(self, interval: float, fall: int, calls_per_second: float) -> dict[str, Any]:
+        def site(name: str, target: str, server: HttpSite, i: int) -> dict[str, Any]:
+            url = f"http://127.0.0.1:{server.port}/healthz/s{i}"
+            return {"name": name, "targets": [target], "checks": [{"type": "http", "url": url}]}
+
+        return {
+            "state": f"sqlite:///{self.tmp / 'fleet.db'}",
+            "reconcile_interval": "60s",
+            "log_level": "info",
+            "api": {"enabled": False},
+            "providers": {"aws": {"type": "route53", "max_calls_per_second": calls_per_second}},
+            "services": [
+                {
+                    "name": f"s{i}",
+                    "provider": "aws",
+                    "zone": "example.com.",
+                    "record": f"s{i}.example.com.",
+                    "type": "A",
+                    "ttl": 60,
+                    "health": {"interval": interval, "timeout": interval / 2, "fall": fall},
+                    "failback": {"stabilize": "1h", "steps": [100], "step_duration": "1h"},
+                    "sites": [
+                        site("primary", PRIMARY, self.primary, i),
+                        site("dr", DR, self.dr, i),
+                    ],
+                }
+                for i in range(self.count)
+            ],
+        }
+
+    def start(self) -> None:
+        self.process = Process(
+            trafficflip_command("run", "--config", str(self.config)),
+            env=self.env,
+            log=self.tmp / "fleet.log",
+            cwd=ROOT,
+        )
+
+    def serving(self) -> dict[str, int]:
+        """How many services serve from each site (weight 100), read from moto directly."""
+        counts = {"primary": 0, "dr": 0}
+        pages = self.route53.get_paginator("list_resource_record_sets")
+        for page in pages.paginate(HostedZoneId=self.zone_id):
+            for record in page["ResourceRecordSets"]:
+                if record.get("Weight") == 100:
+                    counts[record["SetIdentifier"]] += 1
+        return counts
+
+    def wait_serving(self, site: str, timeout: float) -> float:
+        """Seconds until every service serves from ``site``; raises after ``timeout``."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            assert self.process is not None and self.process.alive(), self.process.output()
+            if self.serving()[site] == self.count:
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise AssertionError(f"not all on {site} after {timeout}s: {self.serving()}")
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        self.primary.stop()
+        self.dr.stop()
+        self.proxy.stop()

@@ -1,0 +1,37 @@
+"""A site outage moves a fleet at once, in few Route53 calls and within the call quota."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.fleet import Fleet
+from tests.support import MotoServer
+
+SERVICES, QUOTA, INTERVAL, FALL = 200, 2.0, 0.5, 2
+
+
+def test_a_fleet_fails_over_in_few_calls_without_throttling(
+    tmp_path: Path, moto_server: MotoServer
+) -> None:
+    fleet = Fleet(
+        tmp_path,
+        moto_server,
+        services=SERVICES,
+        calls_per_second=QUOTA,
+        interval=INTERVAL,
+        fall=FALL,
+    )
+    try:
+        fleet.start()
+        fleet.wait_serving("primary", timeout=60)
+        initial = fleet.proxy.changes
+        assert initial <= 4, initial
+        fleet.primary.stop()
+        took = fleet.wait_serving("dr", timeout=60)
+        calls = fleet.proxy.changes - initial
+        assert calls <= 4, calls
+        assert fleet.proxy.throttled == 0
+        # The issue's bound: fall x interval + 2 s, from the outage to the last record moved.
+        assert took <= FALL * INTERVAL + 2.0, took
+    finally:
+        fleet.close()

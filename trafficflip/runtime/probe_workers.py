@@ -1,0 +1,139 @@
+"""Probe worker processes (``probe_workers: N`` with N > 1): probes across cores.
+
+Each worker is a child of ``trafficflip run`` owning every N-th check. It schedules and runs
+its probes itself and streams results back, and every result still enters the engine through
+``engine.observe(key, result)``: health, decisions and metrics stay in this process. A worker
+that dies is logged, counted and restarted after ``RESTART_DELAY``; its checks simply miss
+probes meanwhile, which rise/fall absorb like any late probe. Workers run in their own
+session (a terminal's Ctrl-C reaches only the parent) and leave when their stdin closes, so
+they stop with the parent even when it is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from trafficflip.decision.model import ProbeResult
+from trafficflip.runtime.monitor import ProbeJob
+from trafficflip.runtime.probe_scheduler import SchedulerStats
+from trafficflip.runtime.probe_worker import decode
+
+log = logging.getLogger("trafficflip.runtime.probe_workers")
+RESTART_DELAY = 1.0
+STOP_GRACE = 5.0
+READ_SIZE = 256 * 1024
+
+
+class ProbeWorkers:
+    """``count`` worker processes probing ``jobs`` and feeding ``observe``."""
+
+    def __init__(
+        self,
+        jobs: Sequence[ProbeJob],
+        count: int,
+        observe: Callable[[str, ProbeResult], None],
+        stats: SchedulerStats,
+        *,
+        log_level: str = "INFO",
+        log_format: str = "text",
+    ) -> None:
+        self.jobs = list(jobs)
+        self.count = count
+        self.observe = observe
+        self.stats = stats
+        self.pids: dict[int, int] = {}
+        self._log = {"log_level": log_level, "log_format": log_format}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._stopping = False
+
+    def shard(self, worker: int) -> list[int]:
+        """Indexes (into ``jobs``) of the checks worker ``worker`` probes."""
+        return list(range(worker, len(self.jobs), self.count))
+
+    async def start(self) -> None:
+        for worker in range(self.count):
+            self._tasks.append(asyncio.get_running_loop().create_task(self._keep(worker)))
+
+    async def reshard(self, jobs: Sequence[ProbeJob]) -> None:
+        """Probe ``jobs`` from now on: restart the workers when the checks changed."""
+        if [job.key for job in jobs] == [job.key for job in self.jobs]:
+            return
+        await self.stop()
+        self.jobs, self._stopping, self._tasks, self._procs = list(jobs), False, [], {}
+        await self.start()
+
+    async def stop(self) -> None:
+        """Close every worker's stdin (they exit), kill any that linger, by PID."""
+        self._stopping = True
+        for proc in self._procs.values():
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self._procs.values():
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _keep(self, worker: int) -> None:
+        """Run worker ``worker`` until stopping, restarting it whenever it dies."""
+        while not self._stopping:
+            code = await self._run(worker)
+            if self._stopping:
+                return
+            self.stats.worker_restarts += 1
+            log.error(
+                "probe_worker_died worker=%d code=%s checks=%d: restarting in %.0fs",
+                worker,
+                code,
+                len(self.shard(worker)),
+                RESTART_DELAY,
+            )
+            await asyncio.sleep(RESTART_DELAY)
+
+    async def _run(self, worker: int) -> int | None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "trafficflip.runtime.probe_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._procs[worker], self.pids[worker] = proc, proc.pid
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(self._shard_message(worker))
+        checks = len(self.shard(worker))
+        log.info("probe_worker_started worker=%d pid=%d checks=%d", worker, proc.pid, checks)
+        with contextlib.suppress(ConnectionError):
+            await self._read(proc.stdout)
+        return await proc.wait()
+
+    def _shard_message(self, worker: int) -> bytes:
+        jobs = [
+            [i, self.jobs[i].check.model_dump(mode="json"), self.jobs[i].health.model_dump()]
+            for i in self.shard(worker)
+        ]
+        return (json.dumps({**self._log, "jobs": jobs}) + "\n").encode()
+
+    async def _read(self, stdout: asyncio.StreamReader) -> None:
+        keys = [job.key for job in self.jobs]
+        observe = self.observe
+        rest = b""
+        while chunk := await stdout.read(READ_SIZE):
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                index, result = decode(line.decode())
+                try:
+                    observe(keys[index], result)
+                except Exception:  # one bad result must not cut the worker's stream
+                    log.exception("probe_result_error check=%d", index)

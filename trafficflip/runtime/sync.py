@@ -1,0 +1,323 @@
+"""Provider sync: the only caller of one provider, and the one owner of its retry and backoff.
+
+Decisions ask for services to be synced; a sync worker turns everything asked for into one
+read-plan-apply at a time. Decisions made while a call is in flight accumulate and go
+together in the next call, so a mass failover of 500 services is a handful of calls, and
+a failover waits behind at most the one call in flight. The desired answers are computed
+when the call is made, from the newest decisions: a retry re-plans everything pending
+rather than re-sending a stale batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.config.schema import ServiceConfig
+from trafficflip.decision.model import Answer, Event, EventKind, ServiceState
+from trafficflip.decision.plan import Change, Plan, diff, make_plan, render
+from trafficflip.errors import (
+    PermanentProviderError,
+    ProviderError,
+    TrafficflipError,
+    TransientProviderError,
+    UnsafePlanError,
+)
+from trafficflip.runtime.clock import Clock
+from trafficflip.runtime.journal import Journal
+from trafficflip.runtime.listeners import Listeners
+from trafficflip.runtime.retry import backoff_delay
+from trafficflip.runtime.state import ChangeRecord
+
+log = logging.getLogger("trafficflip")
+RETRY_BASE, RETRY_CAP = 1.0, 30.0
+
+
+@dataclass
+class ProviderStatus:
+    """What the last sync of a provider said, for status and readiness."""
+
+    ok: bool = True
+    error: str = ""
+    error_kind: str = ""
+    errors: int = 0
+    failures_in_row: int = 0
+    last_success: float | None = None  # wall time
+    # Instances of the backend not holding the last answers (see Provider.lagging_instances).
+    lagging: tuple[str, ...] = ()
+    pending: int = 0
+
+
+class ProviderSync:
+    """Brings one provider to the decided shares; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        provider: Provider,
+        *,
+        services: Callable[[], Mapping[str, ServiceConfig]],
+        states: dict[str, ServiceState],
+        journal: Journal,
+        clock: Clock,
+        listeners: Listeners,
+        after_apply: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self.provider = provider
+        self.status = ProviderStatus()
+        self._services = services
+        self._states = states
+        self._journal = journal
+        self._clock = clock
+        self._listeners = listeners
+        self._after_apply = after_apply
+        self._pending: set[str] = set()
+        self._urgent = asyncio.Event()
+        self._quiet = asyncio.Event()  # set while no call is in flight
+        self._quiet.set()
+        self._worker: asyncio.Task[None] | None = None
+        self._retry_at: float | None = None
+        self._throttled = False
+        self._last_error: dict[str, str] = {}
+
+    # -- asking --------------------------------------------------------------------------
+
+    def request(self, names: Iterable[str], *, urgent: bool = False) -> None:
+        """Sync these services soon; ``urgent`` (a failover) cuts short a backoff wait,
+        unless the backend asked us to wait (throttling)."""
+        self._pending.update(names)
+        self.status.pending = len(self._pending)
+        if urgent:
+            self._urgent.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    @property
+    def retry_at(self) -> float | None:
+        """When the next attempt after a transient failure is due (monotonic), if any."""
+        return self._retry_at
+
+    async def idle(self) -> None:
+        """Return once no call is in flight and nothing is pending but a retry's wait."""
+        while True:
+            await self._quiet.wait()
+            if not self._pending or self._retry_at is not None:
+                return
+            await asyncio.sleep(0)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    async def _work(self) -> None:
+        while self._pending:
+            await self._wait_for_retry()
+            batch, self._pending = self._pending, set()
+            self.status.pending = 0
+            self._quiet.clear()
+            try:
+                await self.sync(batch)
+            except Exception as exc:  # never lose the worker: what was pending is retried
+                log.exception("sync_error provider=%s", self.name)
+                self._failed(sorted(batch), exc)
+            finally:
+                self._quiet.set()
+
+    async def _wait_for_retry(self) -> None:
+        while self._retry_at is not None:
+            delay = self._retry_at - self._clock.now()
+            if delay <= 0:
+                break
+            self._urgent.clear()
+            try:
+                await asyncio.wait_for(self._urgent.wait(), delay)
+            except TimeoutError:
+                break
+            if not self._throttled:
+                break  # a failover does not wait out a backoff of ours
+        self._retry_at = None
+        self._urgent.clear()
+
+    # -- one read-plan-apply --------------------------------------------------------------
+
+    async def sync(self, names: Iterable[str], *, apply: bool = True) -> Plan | None:
+        """Read, plan and (with ``apply``) apply the named services; the plan, or None when
+        the provider failed. A service that cannot be planned is left out, not the batch."""
+        services = self._services()
+        configs = [services[n] for n in sorted(names) if n in services]
+        configs = [s for s in configs if self._states[s.name].shares is not None]
+        if not configs:
+            return Plan()
+        try:
+            actual = await self.provider.read(configs)
+        except ProviderError as exc:
+            self._failed([s.name for s in configs], exc)
+            return None
+        planned = {s.name: self._states[s.name].shares for s in configs}
+        plan = self._plan(configs, actual)
+        if not apply:
+            return plan
+        return await self._apply(plan, configs, planned)
+
+    def _plan(self, configs: list[ServiceConfig], actual: Mapping[str, Iterable[Answer]]) -> Plan:
+        changes: list[Change] = []
+        desired: dict[str, tuple[Answer, ...]] = {}
+        for service in configs:
+            try:
+                wanted = render(
+                    service,
+                    self._states[service.name].shares or {},
+                    weighted=self.provider.SUPPORTS_WEIGHTS,
+                )
+                changes.extend(diff(service, wanted, actual.get(service.name, ())))
+                desired[service.name] = wanted
+            except UnsafePlanError as exc:
+                self._refused(service.name, exc)
+            except Exception as exc:  # one broken service must not block the provider's others
+                log.exception("plan_error service=%s", service.name)
+                self._journal.error(service.name, f"cannot plan: {type(exc).__name__}: {exc}")
+        return make_plan(changes, desired)
+
+    async def _apply(
+        self,
+        plan: Plan,
+        configs: list[ServiceConfig],
+        planned: Mapping[str, dict[str, int] | None],
+    ) -> Plan | None:
+        started = time.monotonic()
+        try:
+            receipt = await self.provider.apply(plan)
+        except (ProviderError, UnsafePlanError) as exc:
+            self.status.lagging = self.provider.lagging_instances
+            failed = set(exc.services) if exc.services else {s.name for s in configs}
+            # The provider applied the rest of the plan before naming these.
+            done = [s for s in configs if s.name not in failed]
+            self._applied(plan, done, planned, None)
+            self._failed(sorted(failed), exc)
+            return None
+        took = time.monotonic() - started if plan else None
+        self.status.lagging = self.provider.lagging_instances
+        self._succeeded()
+        self._applied(plan, configs, planned, receipt)
+        self._listeners.provider_synced(self.name, None, took)
+        return plan
+
+    def _applied(
+        self,
+        plan: Plan,
+        configs: list[ServiceConfig],
+        planned: Mapping[str, dict[str, int] | None],
+        receipt: Receipt | None,
+    ) -> None:
+        for service in configs:
+            state = self._states[service.name]
+            # Only the shares that were planned count as applied: a decision made while the
+            # call was in flight is still pending, and its step hold has not started.
+            exact = state.shares == planned.get(service.name)
+            changes = plan.for_service(service.name)
+            if changes:
+                self._journal_changes(service, state, changes, receipt, exact)
+            if exact and state.applied_at is None:
+                self._states[service.name] = replace(state, applied_at=self._clock.now())
+                self._after_apply(service.name)
+            self._last_error.pop(service.name, None)
+
+    def _journal_changes(
+        self,
+        service: ServiceConfig,
+        state: ServiceState,
+        changes: tuple[Change, ...],
+        receipt: Receipt | None,
+        exact: bool,
+    ) -> None:
+        text = "; ".join(str(c) for c in changes)
+        # Shares already applied, yet the backend differed: someone changed it.
+        kind = EventKind.DRIFT if state.applied_at is not None else EventKind.PROVIDER_CHANGE
+        data: dict[str, object] = {"provider": self.name}
+        if receipt is not None:
+            data["change_ids"] = list(receipt.change_ids)
+            record = ChangeRecord(
+                service.name,
+                self.name,
+                receipt.change_ids,
+                receipt.submitted_at,
+                receipt.in_sync,
+                self._clock.wall() if receipt.in_sync else None,
+            )
+            if self._journal.writer is not None:
+                self._journal.writer.record_change(record)
+        self._journal.record(service.name, [Event(kind, text)], data=data)
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def _succeeded(self) -> None:
+        status = self.status
+        if not status.ok:
+            log.info("provider_recovered provider=%s", self.name)
+        status.ok, status.error, status.failures_in_row = True, "", 0
+        status.last_success = self._clock.wall()
+        self._throttled = False
+
+    def _refused(self, name: str, exc: UnsafePlanError) -> None:
+        """An unsafe change for one service: refused, journaled once, never retried soon."""
+        if self._last_error.get(name) != str(exc):
+            self._last_error[name] = str(exc)
+            log.error("plan_refused service=%s reason=%s", name, exc)
+            self._journal.record(
+                name, [Event(EventKind.PROVIDER_ERROR, str(exc))], data={"provider": self.name}
+            )
+
+    def _failed(self, names: list[str], exc: Exception) -> None:
+        status = self.status
+        kind = exc.kind if isinstance(exc, TrafficflipError) else type(exc).__name__
+        status.ok, status.error, status.error_kind = False, str(exc), kind
+        status.errors += 1
+        status.failures_in_row += 1
+        self._listeners.provider_synced(self.name, exc, None)
+        log.error(
+            "provider_error provider=%s services=%s kind=%s error=%s",
+            self.name,
+            ",".join(names),
+            kind,
+            exc,
+        )
+        for name in names:
+            # A provider error repeated on every retry is journaled once per change of error.
+            if self._last_error.get(name) != str(exc):
+                self._last_error[name] = str(exc)
+                self._journal.record(
+                    name,
+                    [Event(EventKind.PROVIDER_ERROR, str(exc))],
+                    data={"provider": self.name},
+                )
+        if isinstance(exc, PermanentProviderError | UnsafePlanError):
+            return  # not hammered: the reconcile interval retries it
+        retry_after = exc.retry_after if isinstance(exc, TransientProviderError) else None
+        delay = max(backoff_delay(status.failures_in_row, base=RETRY_BASE, cap=RETRY_CAP), 0.5)
+        self._throttled = retry_after is not None
+        self._retry_at = self._clock.now() + max(delay, retry_after or 0.0)
+        self._pending.update(names)
+        self.status.pending = len(self._pending)
+
+    # -- confirmation ---------------------------------------------------------------------
+
+    async def confirm(self, record: ChangeRecord) -> ChangeRecord | None:
+        """The record once the backend says the change reached every server, else None."""
+        receipt = Receipt(record.provider, record.change_ids, record.submitted_at, False)
+        try:
+            in_sync = await self.provider.confirm(receipt)
+        except ProviderError as exc:
+            log.warning("confirm_failed service=%s error=%s", record.service, exc)
+            return None
+        if not in_sync:
+            return None
+        lag = self._clock.wall() - record.submitted_at
+        log.info(
+            "in_sync %s: change %s after %.1fs", record.service, ",".join(record.change_ids), lag
+        )
+        return replace(record, in_sync=True, confirmed_at=self._clock.wall())
