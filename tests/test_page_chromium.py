@@ -95,7 +95,7 @@ def test_page_shows_the_failover(tmp_path: Path, failed_over: Service) -> None:
     dots = [a.get("class") for a in dom.classes("dot")]
     assert dots == ["dot down", "dot up"]
     assert "0%" in text and "100%" in text
-    assert "primary down: connect refused" in text  # what the phase waits for
+    assert "primary down: http" in text and "connect refused" in text  # what it waits for
     journal = [e for e in dom.text if e in ("failover", "initial")]
     assert journal[:2] == ["failover", "initial"], journal  # the journal, newest first
     shot = tmp_path / "page.png"
