@@ -132,9 +132,9 @@ class SnapshotKeeper(EngineListener):
     # -- building ---------------------------------------------------------------------------
 
     def _remember(self, entry: JournalEntry) -> None:
-        journal = self._journals.get(entry.service)
-        if journal is not None:
-            journal.append(journal_view(entry))  # converted once, not at every rebuild
+        # setdefault: a service added by a reload has no journal here yet.
+        journal = self._journals.setdefault(entry.service, deque(maxlen=JOURNAL_KEEP))
+        journal.append(journal_view(entry))  # converted once, not at every rebuild
         if entry.kind == Kind.FAILOVER:
             self._last_failover = max(entry.at, self._last_failover or entry.at)
 
@@ -147,7 +147,7 @@ class SnapshotKeeper(EngineListener):
 
     def view(self, name: str) -> ServiceView:
         """One service's view built now (after an operator command, which must see it)."""
-        journal = list(self._journals[name])
+        journal = list(self._journals.get(name, ()))
         return service_view(self.engine, name, journal, self.engine.store.last_change(name))
 
     def refresh(self, name: str) -> ServiceView:
