@@ -96,7 +96,7 @@ def fleet(tmp_path: Path, moto_server: MotoServer) -> Iterator[Fleet]:
     running = Fleet(tmp_path, moto_server)
     try:
         running.start()
-        wait_until(running.answering, timeout=60, what="the API")
+        wait_until(running.answering, timeout=120, what="the API")
         wait_until(lambda: running.www_weights() == PRIMARY, timeout=120, what="initial weights")
         wait_until(lambda: normal(running) == SERVICES, timeout=60, what="all services normal")
         yield running

@@ -28,8 +28,8 @@ from trafficflip.operations.views import describe_check
 from trafficflip.runtime.engine import Engine, EngineListener
 from trafficflip.runtime.scheduler import Runner
 
-# The ``site`` label of a failback gate's check (not a valid site name, so never a clash).
-GATES_LABEL = "(gates)"
+# The ``site`` label of a failback gate's check.
+GATES_LABEL = "gates"
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 APPLY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 FAILBACK_OUTCOMES = {

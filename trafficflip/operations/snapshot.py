@@ -25,7 +25,6 @@ from trafficflip.operations.views import (
     ServiceView,
     journal_view,
     service_view,
-    wall_clock,
 )
 from trafficflip.runtime.engine import Engine, EngineListener
 
@@ -132,9 +131,9 @@ class SnapshotKeeper(EngineListener):
     # -- building ---------------------------------------------------------------------------
 
     def _remember(self, entry: JournalEntry) -> None:
-        journal = self._journals.get(entry.service)
-        if journal is not None:
-            journal.append(journal_view(entry))  # converted once, not at every rebuild
+        # setdefault: a service added by a reload has no journal here yet.
+        journal = self._journals.setdefault(entry.service, deque(maxlen=JOURNAL_KEEP))
+        journal.append(journal_view(entry))  # converted once, not at every rebuild
         if entry.kind == EventKind.FAILOVER:
             self._last_failover = max(entry.at, self._last_failover or entry.at)
 
@@ -147,7 +146,7 @@ class SnapshotKeeper(EngineListener):
 
     def view(self, name: str) -> ServiceView:
         """One service's view built now (after an operator command, which must see it)."""
-        journal = list(self._journals[name])
+        journal = list(self._journals.get(name, ()))
         return service_view(self.engine, name, journal, self.engine.store.last_change(name))
 
     def refresh(self, name: str) -> ServiceView:
@@ -177,7 +176,7 @@ class SnapshotKeeper(EngineListener):
         down = sum(1 for h in self.engine.checks.values() if h.status is Status.DOWN)
         summary = summarize((v.phase for v in views), down, self._last_failover)
         self.builds += 1
-        return Snapshot(wall_clock(self.engine)(self.engine.clock()), tuple(views), summary)
+        return Snapshot(self.engine.clock.wall(), tuple(views), summary)
 
     # -- component --------------------------------------------------------------------------
 

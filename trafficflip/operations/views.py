@@ -16,9 +16,14 @@ from pydantic import BaseModel, Field
 from trafficflip.config.schema import Check, DnsCheck, HttpCheck, ServiceConfig, TcpCheck
 from trafficflip.decision.decide import next_step_at, site_order
 from trafficflip.decision.health import CheckHealth
-from trafficflip.decision.model import JournalEntry, ServiceHealth, ServiceState, SiteHealth
+from trafficflip.decision.model import (
+    JournalEntry,
+    ServiceHealth,
+    ServiceState,
+    SiteHealth,
+    Status,
+)
 from trafficflip.operations.status import Phase, Row, clock_text, phase
-from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.state import ChangeRecord
 
@@ -160,12 +165,8 @@ def journal_view(entry: JournalEntry) -> JournalView:
 
 
 def wall_clock(engine: Engine) -> Callable[[float], float]:
-    """How to show the engine's times: its ``Clock`` is monotonic; a plain wall clock
-    (tests, older engines) needs no conversion."""
-    clock = engine.clock
-    if isinstance(clock, Clock):
-        return clock.to_wall
-    return _same
+    """How to show the engine's times (monotonic) as epoch seconds."""
+    return engine.clock.to_wall
 
 
 def _same(moment: float) -> float:
@@ -183,8 +184,8 @@ def service_view(
     config, state = runtime.config, engine.states[name]
     to_wall = wall_clock(engine)
     service_health = engine.service_health(name)
-    health = dict(service_health.sites)
-    gates = SiteHealth(service_health.gates) if runtime.gate_checks else None
+    health = service_health.sites
+    gates = _gates(engine, runtime.gate_checks, service_health.gates)
     status = engine.provider_status[config.provider]
     error = None if status.ok else f"{status.error_kind}: {status.error}"
     now_phase = phase(
@@ -203,12 +204,20 @@ def service_view(
         )
         for site in config.sites
     ]
-    view = stored_view(config, state, journal, change, now_phase, to_wall(engine.clock()), to_wall)
+    view = stored_view(config, state, journal, change, now_phase, engine.clock.wall(), to_wall)
     view.sites = sites
     view.gates = [check_view(engine, k, to_wall) for k in runtime.gate_checks]
     view.lagging_instances = list(status.lagging)
     view.provider_error = error
     return view
+
+
+def _gates(engine: Engine, keys: Sequence[str], status: Status) -> SiteHealth | None:
+    """The gates as one health, with the first failing gate's reason."""
+    if not keys:
+        return None
+    failing = [engine.checks[k].reason for k in keys if engine.checks[k].status is not Status.UP]
+    return SiteHealth(status, reason=failing[0] if failing else "")
 
 
 def stored_view(
