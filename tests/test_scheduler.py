@@ -7,6 +7,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from tests.test_engine import config
 from trafficflip.backend.testing import MemoryProvider
 from trafficflip.runtime.engine import Engine
@@ -23,7 +25,7 @@ async def test_one_job_per_distinct_check_plus_tick_and_reconcile() -> None:
     runner = Runner(engine, prober, reconcile_interval=30)
     runner.schedule()
     names = runner.timers.names()
-    probes = [name for name in names if name.startswith("probe:")]
+    probes = [name for name in names if name in engine.jobs]  # probe jobs by check key
     assert len(probes) == 2 and {"tick", "reconcile"} <= set(names)
     assert all(runner.timers.interval(name) == 1.0 for name in probes)  # health.interval
     assert runner.timers.interval("tick") == TICK_INTERVAL
@@ -50,7 +52,9 @@ async def test_runs_keep_a_fixed_phase_on_the_monotonic_clock() -> None:
     assert scheduler.stats.runs == len(starts) and scheduler.stats.overrun == 0
 
 
-async def test_a_run_still_going_is_not_overlapped_but_counted() -> None:
+async def test_a_run_still_going_is_not_overlapped_but_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     scheduler = MonotonicScheduler()
     running, most = 0, 0
 
@@ -66,6 +70,9 @@ async def test_a_run_still_going_is_not_overlapped_but_counted() -> None:
     await asyncio.sleep(0.45)
     scheduler.stop()
     assert most == 1 and scheduler.stats.overrun >= 2
+    # One warning per WARN_EVERY, not one per late run: logging must not feed an overload.
+    lines = [r.getMessage() for r in caplog.records if "job_overrun" in r.getMessage()]
+    assert lines == ["job_overrun runs=1 job=slow: previous runs still going"]
 
 
 async def test_a_stalled_loop_runs_the_job_once_and_counts_the_missed_runs() -> None:

@@ -25,6 +25,8 @@ log = logging.getLogger("trafficflip.runtime.scheduler")
 # Lag samples kept for status, metrics and benchmarks.
 LAG_SAMPLES = 10000
 LABEL_MAX = 32
+# Overrun and missed-run warnings: one line per kind this often, with the count.
+WARN_EVERY = 10.0
 
 
 class SchedulerStats:
@@ -66,6 +68,8 @@ class MonotonicScheduler:
         self._jobs: dict[str, _Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._unlogged: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
 
     def add(
         self, name: str, interval: float, run: Callable[[], Awaitable[None]], *, delay: float = 0
@@ -112,6 +116,15 @@ class MonotonicScheduler:
     def interval(self, name: str) -> float:
         return self._jobs[name].interval
 
+    def _warn(self, kind: str, job: _Job, now: float, why: str, count: int = 1) -> None:
+        """Log ``kind`` at most once per ``WARN_EVERY`` with the count since the last line:
+        an overloaded prober must not spend its time writing one line per late probe."""
+        self._unlogged[kind] = self._unlogged.get(kind, 0) + count
+        if now - self._logged_at.get(kind, -WARN_EVERY) < WARN_EVERY:
+            return
+        runs, self._unlogged[kind], self._logged_at[kind] = self._unlogged[kind], 0, now
+        log.warning("%s runs=%d job=%s: %s", kind, runs, job_label(job.name), why)
+
     def _arm(self, job: _Job, due: float) -> None:
         assert self._loop is not None
         job.due = due
@@ -125,7 +138,7 @@ class MonotonicScheduler:
         stats.lags.append(now - job.due)
         if job.running:
             stats.overrun += 1
-            log.warning("job_overrun job=%s: previous run still going", job_label(job.name))
+            self._warn("job_overrun", job, now, "previous runs still going")
         else:
             job.running = True
             task = self._loop.create_task(self._run(job))
@@ -137,6 +150,7 @@ class MonotonicScheduler:
             skipped = int((now - due) // job.interval) + 1
             stats.missed += skipped
             due += skipped * job.interval
+            self._warn("job_missed", job, now, "the loop was late by whole intervals", skipped)
         self._arm(job, due)
 
     async def _run(self, job: _Job) -> None:
