@@ -86,12 +86,12 @@ async def test_a_stalled_loop_runs_the_job_once_and_counts_the_missed_runs() -> 
     scheduler.add("job", 0.05, job)
     scheduler.start()
     await asyncio.sleep(0.01)
-    time.sleep(0.3)  # the loop is blocked for six intervals
+    time.sleep(1.2)  # the loop is blocked for 24 intervals, past the missed-run grace
     await asyncio.sleep(0.02)
     scheduler.stop()
     # One run on time before the stall, one catching up after it: not six.
-    assert runs == 2 and scheduler.stats.missed >= 4
-    assert max(scheduler.stats.lags) >= 0.2
+    assert runs == 2 and scheduler.stats.missed >= 20
+    assert max(scheduler.stats.lags) >= 1.0
 
 
 async def test_a_failing_job_is_counted_and_keeps_running() -> None:
