@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.probe_sites import Sites, process_cpu  # noqa: E402
-from tests.support import MotoServer, Process, free_port, wait_until  # noqa: E402
+from tests.support import MotoServer, Process, free_port  # noqa: E402
 
 MAX_SERVICES = 500
+WARM_LIMIT = 90.0
 
 
 def service_config(args: argparse.Namespace, sites: Sites, folder: Path) -> dict[str, Any]:
@@ -103,7 +104,11 @@ def measure(args: argparse.Namespace, workers: int) -> dict[str, float]:
                 return rate > 0.5 * target
 
             sites.reset()
-            wait_until(warm, timeout=120, interval=1.0, what="probes reaching the sites")
+            # Start-up (every service's first convergence) is not measured: wait for half the
+            # target rate, or WARM_LIMIT seconds when an overloaded service never gets there.
+            deadline = time.monotonic() + WARM_LIMIT
+            while not warm() and time.monotonic() < deadline:
+                time.sleep(1.0)
             time.sleep(args.warmup)  # bounded: the warm-up is a fixed number of seconds
             sites.reset()
             cpu0, wall0 = tree_cpu(service.pid), time.monotonic()

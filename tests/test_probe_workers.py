@@ -91,9 +91,11 @@ async def test_each_worker_probes_its_shard_and_streams_results(
     # ``at`` is the worker's time.monotonic(): the same clock as ours.
     latest = max(r.at for r in results.by_key[keys[0]])
     assert 0 <= time.monotonic() - latest < 2
-    # One check's probes keep their interval (fixed phase in the worker).
+    # One check's probes keep their interval (fixed phase in the worker); the median, as a
+    # loaded machine delays single probes.
     stamps = [r.at for r in results.by_key[keys[0]]]
-    assert all(0.1 < b - a < 0.4 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
+    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+    assert 0.15 < gaps[len(gaps) // 2] < 0.25, gaps
 
 
 async def test_a_killed_worker_is_restarted_and_counted(
@@ -121,6 +123,27 @@ async def test_stopping_leaves_no_worker_behind(sites: list[HttpSite]) -> None:
     await workers.stop()
     assert not any(alive(pid) for pid in pids)
     assert workers.stats.worker_restarts == 0  # a stop is not a death
+
+
+async def test_a_shard_of_thousands_of_checks_reaches_its_worker(site: HttpSite) -> None:
+    # Thousands of checks make a shard line of megabytes (a reader's default limit is 64 KiB).
+    slow = HealthConfig(interval=30, timeout=1, fall=2, rise=2)
+    checks = [
+        HttpCheck(type="http", url=f"{site.url}?n={i}", headers={"X-Pad": "x" * 200})
+        for i in range(4000)
+    ]
+    jobs = [ProbeJob(check_key(check, slow), check, slow) for check in checks]
+    results = Results()
+    workers = ProbeWorkers(jobs, 2, results.observe, SchedulerStats())
+    await workers.start()
+    try:
+        # First runs are spread over 30 s: the first few of each shard arrive at once.
+        await wait_for(
+            lambda: results.count(jobs[0].key) and results.count(jobs[1].key), 15, "both shards"
+        )
+    finally:
+        await workers.stop()
+    assert workers.stats.worker_restarts == 0
 
 
 @pytest.mark.parametrize("value", [0, -1, 65, "two"])

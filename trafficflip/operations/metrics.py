@@ -249,7 +249,7 @@ class StateCollector(Collector):
         yield lag
         for name, value, text in (
             ("scheduler_runs", stats.runs, "Jobs started"),
-            ("scheduler_missed_runs", stats.missed, "Jobs skipped past their misfire grace"),
+            ("scheduler_missed_runs", stats.missed, "Runs skipped: the loop was late past a grace"),
             ("scheduler_overruns", stats.overrun, "Runs skipped: the previous still going"),
             ("scheduler_job_errors", stats.errors, "Jobs that raised"),
             ("probe_worker_restarts", stats.worker_restarts, "Probe worker processes restarted"),

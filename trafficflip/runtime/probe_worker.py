@@ -27,6 +27,7 @@ from trafficflip.runtime.probes import Prober
 
 # Results wait this long to share one pipe write: a few ms of a 1 s interval, far fewer syscalls.
 FLUSH_DELAY = 0.005
+MAX_SHARD = 1 << 30
 
 
 def encode(index: int, result: ProbeResult) -> str:
@@ -94,7 +95,8 @@ async def serve(shard: dict[str, Any], stdin: asyncio.StreamReader) -> None:
 
 async def main() -> None:
     loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader()
+    # The shard is one JSON line: thousands of checks are megabytes, past the 64 KiB default.
+    stdin = asyncio.StreamReader(limit=MAX_SHARD)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     shard = json.loads(await stdin.readline())
     setup_logging(shard.get("log_level", "INFO"), shard.get("log_format", "text"))
