@@ -107,7 +107,7 @@ def test_operator_failover_and_failback_through_the_state_store(deployment: Depl
 def test_plan_shows_changes_without_applying(deployment: Deployment) -> None:
     result = deployment.cli("plan")
     assert result.returncode == 0, result.stderr
-    assert "+ www primary: 192.0.2.10 weight 100 ttl 1" in result.stdout
+    assert "+ www.example.com. A primary: 192.0.2.10 weight 100 ttl 1" in result.stdout
     assert "Creates=2, Updates=0, Deletes=0" in result.stdout
     assert deployment.weights() == {}
     assert not (deployment.tmp_path / "state.db").exists()  # a preview creates nothing
@@ -132,9 +132,8 @@ def test_plan_with_a_down_primary_writes_nothing(tmp_path: Path, moto_server: Mo
         assert result.returncode == 0, result.stderr
         for name in names:
             assert f"failover {name}: primary down" in result.stdout, result.stdout
-            assert f"~ {name} dr: 198.51.100.20 weight 0 ttl 1 -> 198.51.100.20 weight 100" in (
-                result.stdout
-            )
+            moved = "dr: 198.51.100.20 weight 0 ttl 1 -> 198.51.100.20 weight 100"
+            assert f"~ {name}.example.com. A {moved}" in result.stdout
         assert "WARNING" not in result.stderr, result.stderr  # the plan, not live events
         assert proxy.requests > 0 and proxy.changes == 0  # it read through the proxy, wrote nothing
         assert all(deployment.weights(n) == PRIMARY for n in names)

@@ -31,9 +31,9 @@ def test_plan_prints_itself_sorted_with_a_summary() -> None:
     ]
     plan = make_plan(diff(svc, render(svc, {"primary": 0, "dr": 100}, weighted=True), actual))
     assert str(plan).splitlines() == [
-        "- www (answer): 203.0.113.1 ttl 300",
-        "+ www dr: 198.51.100.20 weight 100 ttl 30",
-        "~ www primary: 192.0.2.10 weight 100 ttl 30 -> 192.0.2.10 weight 0 ttl 30",
+        "- www.example.com. A (answer): 203.0.113.1 ttl 300",
+        "+ www.example.com. A dr: 198.51.100.20 weight 100 ttl 30",
+        "~ www.example.com. A primary: 192.0.2.10 weight 100 ttl 30 -> 192.0.2.10 weight 0 ttl 30",
         "Creates=1, Updates=1, Deletes=1",
     ]
     assert str(make_plan([])) == "No changes"

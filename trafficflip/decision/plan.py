@@ -27,13 +27,20 @@ class Change:
         answer = self.after or self.before
         return answer.site if answer else None
 
+    @property
+    def target(self) -> str:
+        """What changes: the DNS name and type (``api.example.com. A``), or a pool service's
+        name; then the site (``(answer)`` for a set-only backend's one answer)."""
+        service = self.service
+        name = f"{service.record} {service.type}" if service.record else service.name
+        return f"{name} {self.site or '(answer)'}"
+
     def __str__(self) -> str:
-        label = self.site or "(answer)"
         if self.action == "create":
-            return f"+ {self.service.name} {label}: {_describe(self.after)}"
+            return f"+ {self.target}: {_describe(self.after)}"
         if self.action == "delete":
-            return f"- {self.service.name} {label}: {_describe(self.before)}"
-        return f"~ {self.service.name} {label}: {_describe(self.before)} -> {_describe(self.after)}"
+            return f"- {self.target}: {_describe(self.before)}"
+        return f"~ {self.target}: {_describe(self.before)} -> {_describe(self.after)}"
 
 
 def _describe(answer: Answer | None) -> str:
