@@ -280,3 +280,24 @@ async def test_decisions_made_together_go_out_in_one_call() -> None:
     await rig.settle()
     assert rig.provider.applies - before == 1
     assert all(rig.provider.weights(n)["dr"] == 100 for n in rig.engine.services)
+
+
+async def test_a_wall_clock_step_neither_hurries_nor_stalls_a_step_hold() -> None:
+    """Decisions run on the monotonic clock: the wall clock jumping an hour ahead (or two
+    minutes back) changes nothing about when the next step is due."""
+    rig = Rig()
+    wall = {"offset": 0.0}
+    rig.engine.clock = Clock(monotonic=lambda: rig.now, wall=lambda: rig.now + wall["offset"])
+    rig.probe("primary", False), rig.probe("dr", True)
+    await rig.settle()
+    rig.probe("primary", True)
+    await rig.settle()
+    assert rig.provider.weights("www") == {"primary": 50, "dr": 50}
+    wall["offset"] = 3600.0  # an NTP step forward
+    rig.now += 0.5
+    await rig.tick()
+    assert rig.provider.weights("www") == {"primary": 50, "dr": 50}  # held: half a step
+    wall["offset"] = -120.0  # and back
+    rig.now += 0.5
+    await rig.tick()
+    assert rig.provider.weights("www") == {"primary": 100, "dr": 0}  # due, in real time

@@ -10,7 +10,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -203,18 +203,19 @@ def _without(plan: Plan, services: Mapping[str, object]) -> Plan:
     return Plan(changes, desired)
 
 
+# What a wrapper must declare as the wrapped provider does: the engine and the loader read these.
+CAPABILITIES = ("TYPE", "KIND", "SUPPORTS_WEIGHTS", "MAX_WEIGHT", "Config", "Service")
+W = TypeVar("W", bound=Provider)
+
+
+def wrapper_class(provider: Provider, base: type[W], prefix: str) -> type[W]:
+    """A subclass of ``base`` (a wrapper) declaring the capabilities of ``provider``."""
+    cls = type(provider)
+    capabilities = {name: getattr(cls, name) for name in CAPABILITIES}
+    wrapper: type[W] = type(f"{prefix}{cls.__name__}", (base,), capabilities)
+    return wrapper
+
+
 def read_only(provider: Provider) -> Provider:
     """``provider`` for a preview: the same capabilities, reads only."""
-    cls = type(provider)
-    capabilities = {
-        "TYPE": cls.TYPE,
-        "KIND": cls.KIND,
-        "SUPPORTS_WEIGHTS": cls.SUPPORTS_WEIGHTS,
-        "MAX_WEIGHT": cls.MAX_WEIGHT,
-        "Config": cls.Config,
-        "Service": cls.Service,
-    }
-    wrapper: type[ReadOnlyProvider] = type(
-        f"ReadOnly{cls.__name__}", (ReadOnlyProvider,), capabilities
-    )
-    return wrapper(provider)
+    return wrapper_class(provider, ReadOnlyProvider, "ReadOnly")(provider)

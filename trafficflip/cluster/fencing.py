@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from trafficflip.backend.provider import Provider, Receipt
+from trafficflip.backend.provider import Provider, Receipt, wrapper_class
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Plan
@@ -67,13 +67,4 @@ def fenced(
     provider: Provider, leading: Callable[[], bool], refused: Callable[[], None]
 ) -> Provider:
     """``provider`` with the same capabilities, writing only while ``leading()``."""
-    cls = type(provider)
-    capabilities = {
-        "TYPE": cls.TYPE,
-        "KIND": cls.KIND,
-        "SUPPORTS_WEIGHTS": cls.SUPPORTS_WEIGHTS,
-        "MAX_WEIGHT": cls.MAX_WEIGHT,
-        "Config": cls.Config,
-    }
-    wrapper: type[FencedProvider] = type(f"Fenced{cls.__name__}", (FencedProvider,), capabilities)
-    return wrapper(provider, leading, refused)
+    return wrapper_class(provider, FencedProvider, "Fenced")(provider, leading, refused)

@@ -13,20 +13,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trafficflip.decision.model import Status
+from trafficflip.decision.model import SiteHealth, Status
 
 Quorum = Literal["majority", "all", "any"] | int
 # A member's verdicts count while they are no older than this many heartbeat intervals.
 FRESH_INTERVALS = 3
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One member's view of one check."""
-
-    status: Status
-    since: float | None = None
-    reason: str = ""
+# One member's view of one check has the shape of a site's health: status, since, reason.
+Verdict = SiteHealth
 
 
 @dataclass(frozen=True)
