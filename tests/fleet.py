@@ -8,6 +8,8 @@ Used by the mass-failover test and ``bench/mass_failover.py``.
 
 from __future__ import annotations
 
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,55 @@ from typing import Any
 import boto3
 import yaml
 
-from tests.support import ROOT, CountingProxy, HttpSite, MotoServer, Process, trafficflip_command
+from tests.support import (
+    ROOT,
+    CountingProxy,
+    MotoServer,
+    Process,
+    free_port,
+    trafficflip_command,
+    wait_until,
+)
 
 PRIMARY, DR = "192.0.2.10", "198.51.100.20"
+# A site answering every request with 200 on a raw asyncio protocol, in its own process: a
+# fleet's hundreds of probes a second must find the sites cheap, not the test's own threads.
+SITE = """
+import asyncio, sys
+OK = b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok"
+class Site(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        if b"\\r\\n\\r\\n" in data:
+            self.transport.write(OK)
+            self.transport.close()
+async def main():
+    server = await asyncio.get_running_loop().create_server(Site, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+class SiteProcess:
+    """One fleet site; ``stop()`` kills it by PID, so its port refuses connections."""
+
+    def __init__(self, tmp: Path, name: str) -> None:
+        self.port = free_port()
+        self.process = Process(
+            [sys.executable, "-c", SITE, str(self.port)], log=tmp / f"site-{name}.log"
+        )
+        wait_until(self._up, timeout=10, what=f"site {name}")
+
+    def _up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.process.stop()
 
 
 class Fleet:
@@ -42,14 +90,14 @@ class Fleet:
         )
         zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference=str(tmp))
         self.zone_id = zone["HostedZone"]["Id"]
-        self.primary, self.dr = HttpSite().start(), HttpSite().start()
+        self.primary, self.dr = SiteProcess(tmp, "primary"), SiteProcess(tmp, "dr")
         self.config = tmp / "fleet.yaml"
         self.config.write_text(yaml.safe_dump(self._config(interval, fall, calls_per_second)))
         self.env = {**moto.env(), "AWS_ENDPOINT_URL": self.proxy.url}
         self.process: Process | None = None
 
     def _config(self, interval: float, fall: int, calls_per_second: float) -> dict[str, Any]:
-        def site(name: str, target: str, server: HttpSite, i: int) -> dict[str, Any]:
+        def site(name: str, target: str, server: SiteProcess, i: int) -> dict[str, Any]:
             url = f"http://127.0.0.1:{server.port}/healthz/s{i}"
             return {"name": name, "targets": [target], "checks": [{"type": "http", "url": url}]}
 
@@ -103,7 +151,7 @@ class Fleet:
             assert self.process is not None and self.process.alive(), self.process.output()
             if self.serving()[site] == self.count:
                 return time.monotonic() - started
-            time.sleep(0.1)
+            time.sleep(0.25)
         raise AssertionError(f"not all on {site} after {timeout}s: {self.serving()}")
 
     def close(self) -> None:
