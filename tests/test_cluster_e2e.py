@@ -13,6 +13,7 @@ import pytest
 from tests.cluster import LEASE_TTL, ClusterDeployment
 from tests.etcd import require_etcd
 from tests.support import MotoServer, wait_until
+from tests.test_page_chromium import CHROMIUM, Dom, chromium
 
 PRIMARY_ONLY = {"primary": 100, "dr": 0}
 DR_ONLY = {"primary": 0, "dr": 100}
@@ -46,7 +47,7 @@ def agreed(cluster: ClusterDeployment, leader: str) -> bool:
 def test_one_leader_agreed_by_all_writes_the_answers(cluster: ClusterDeployment) -> None:
     leader = cluster.wait_leader()
     wait_until(lambda: cluster.weights() == PRIMARY_ONLY, timeout=30, what="initial answers")
-    wait_until(lambda: agreed(cluster, leader.name), timeout=15, what="agreement")
+    wait_until(lambda: agreed(cluster, leader.name), timeout=30, what="agreement")
     followers = [i for i in cluster.instances if i is not leader]
     assert not any(i.cluster()["leading"] for i in followers)  # type: ignore[index]
     assert cluster.leader() is leader
@@ -54,6 +55,14 @@ def test_one_leader_agreed_by_all_writes_the_answers(cluster: ClusterDeployment)
     assert f'trafficflip_cluster_leader{{name="{leader.name}"}} 1.0' in metrics
     assert 'trafficflip_cluster_members{state="fresh"} 3.0' in metrics
     assert "trafficflip_cluster_fencing_refusals_total 0.0" in metrics
+    # The status page shows the leader, the members and each check's votes.
+    if CHROMIUM.exists():
+        url = f"http://127.0.0.1:{followers[0].port}/?refresh=60"
+        tmp = cluster.deployment.tmp_path
+        page = Dom(chromium(tmp, "--virtual-time-budget=2000", "--dump-dom", url))
+        text = " ".join(page.text)
+        assert f"cluster: leader {leader.name}" in text, text[:2000]
+        assert f"{leader.name} (leader)" in text and "up \u2190" in text
     journal = leader.get("/api/v1/services/www?journal=50").json()["journal"]  # type: ignore[union-attr]
     assert [e["kind"] for e in journal if e["kind"] in ("initial", "all_down")] == ["initial"]
     # An operator command on a follower's API lands in etcd; the leader carries it out.

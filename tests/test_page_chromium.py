@@ -13,7 +13,7 @@ import pytest
 from tests.service import PRIMARY, STANDBY, Service
 from tests.support import MotoServer, wait_until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test installs it as root)"
 )
