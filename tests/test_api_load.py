@@ -18,12 +18,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service import FALL, INTERVAL, PRIMARY, STANDBY, Service
+from tests.service import FALL, PRIMARY, STANDBY, Service
 from tests.support import HttpSite, MotoServer, wait_until
 
 SERVICES = 500
 # The service level the issue states for a failover under read load.
-FAILOVER_BOUND = FALL * INTERVAL + 2.0
+# Checks every second (the other tests' 0.2 s would have 500 services' reads compete with
+# five probes a second per check on a 2-core machine); the bound is the issue's formula.
+LOAD_INTERVAL = 1.0
+FAILOVER_BOUND = FALL * LOAD_INTERVAL + 2.0
 # Each reader stops by itself after this long, whatever happens to the test.
 READER_LIMIT = 120.0
 READS = (
@@ -47,6 +50,7 @@ class Fleet(Service):
     def config_data(self, steps: list[int], step_duration: str) -> dict[str, Any]:
         data = super().config_data(steps, step_duration)
         www = data["services"][0]
+        www["health"] = {**www["health"], "interval": LOAD_INTERVAL, "timeout": LOAD_INTERVAL / 2}
         others = []
         for i in range(1, SERVICES):
             service = {**www, "name": f"svc{i:03d}", "record": f"svc{i:03d}.example.com."}

@@ -38,7 +38,7 @@ def start_serving(service: Service) -> None:
 
 
 def journal_kinds(service: Service) -> list[str]:
-    out = service.cli("status", "--json", "--journal", "200").stdout
+    out = service.cli("status", "--json", "--journal", "50").stdout
     return [e["kind"] for e in json.loads(out)["journal"]]
 
 
@@ -157,7 +157,7 @@ def test_a_full_state_disk_never_stops_a_failover(tmp_path: Path, moto_server: M
         filler.unlink()
         wait_until(lambda: service.get("/readyz").status_code == 200, timeout=20, what="ready")
         assert service.process is not None and service.process.stop() == 0
-        journal = service.cli("status", "--json", "--journal", "200").stdout
+        journal = service.cli("status", "--json", "--journal", "50").stdout
         assert '"kind": "failover"' in journal  # the decided change reached the store after all
     finally:
         service.close()

@@ -126,7 +126,7 @@ def test_plan_with_a_down_primary_writes_nothing(tmp_path: Path, moto_server: Mo
         assert deployment.process is not None and deployment.process.stop() == 0
         state = tmp_path / "state.db"
         before = state.read_bytes()
-        journal = deployment.cli("status", "--json", "--journal", "200").stdout
+        journal = deployment.cli("status", "--json", "--journal", "50").stdout
         deployment.primary.stop()
         result = deployment.cli("plan", env={"AWS_ENDPOINT_URL": proxy.url})
         assert result.returncode == 0, result.stderr
@@ -138,7 +138,7 @@ def test_plan_with_a_down_primary_writes_nothing(tmp_path: Path, moto_server: Mo
         assert proxy.requests > 0 and proxy.changes == 0  # it read through the proxy, wrote nothing
         assert all(deployment.weights(n) == PRIMARY for n in names)
         assert state.read_bytes() == before
-        assert deployment.cli("status", "--json", "--journal", "200").stdout == journal
+        assert deployment.cli("status", "--json", "--journal", "50").stdout == journal
     finally:
         proxy.stop()
         deployment.close()
