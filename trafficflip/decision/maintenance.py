@@ -7,6 +7,7 @@ else in the decision core stays on the monotonic clock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from trafficflip.errors import CommandError
 
 # The commands whose effect may be given an end (``for`` or ``until``).
 EXPIRING = frozenset({"hold", "failover", "drain"})
+# Scheduled maintenance further ahead than this is a typo (or epoch milliseconds).
+MAX_AHEAD = 366 * 86400.0
 
 
 def requested_until(name: str, args: Mapping[str, object], wall: float) -> float | None:
@@ -37,12 +40,14 @@ def requested_until(name: str, args: Mapping[str, object], wall: float) -> float
             seconds = parse_duration(duration)
         except ValueError as exc:
             raise CommandError(f"for: {exc}") from None
-        if seconds <= 0:
-            raise CommandError("for: must be longer than 0s")
+        if not 0 < seconds <= MAX_AHEAD:
+            raise CommandError(f"for: must be longer than 0s and at most {MAX_AHEAD:.0f}s")
         return wall + seconds
     end = _epoch(until)
-    if end <= wall:
-        raise CommandError(f"until: {format_wall(end)} is not in the future")
+    if not math.isfinite(end) or end <= wall:
+        raise CommandError(f"until: {until!r} is not in the future")
+    if end - wall > MAX_AHEAD:
+        raise CommandError(f"until: {until!r} is more than {MAX_AHEAD:.0f}s ahead")
     return end
 
 
