@@ -77,7 +77,7 @@ def test_operator_failover_and_failback_move_traffic(service: Service) -> None:
     wait_until(lambda: phase(service) == ("pinned", "pinned to dr"), timeout=5, what="pinned")
     assert service.post("/api/v1/services/www/failback").status_code == 200
     record_until(service, PRIMARY)
-    assert journal(service)[-1] == "failback approved by api:ops"
+    assert journal(service)[-1] == "pin to dr released; failback approved by api:ops"
     refused = service.post("/api/v1/services/www/failover", {"to": "mars"})
     assert refused.status_code == 409 and "has no site 'mars'" in refused.json()["detail"]
     assert service.post("/api/v1/services/nope/hold").status_code == 404
@@ -105,7 +105,8 @@ def test_promote_and_drain(service: Service) -> None:
     seen = record_until(service, PRIMARY)
     assert any(0 < w["primary"] < 100 for w in seen), seen
     assert journal(service)[-1] == "drain dr requested by api:ops"
-    wait_until(lambda: phase(service) == ("draining", "draining dr"), timeout=5, what="draining")
+    # Once the drained site serves nothing, the detail says it is drained, not draining.
+    wait_until(lambda: phase(service) == ("draining", "dr drained"), timeout=5, what="drained")
 
 
 def test_cli_through_the_api(service: Service) -> None:

@@ -10,10 +10,12 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,6 +30,7 @@ from trafficflip.decision.commands import (
     CommandSpec,
     validate_reason,
 )
+from trafficflip.decision.maintenance import requested_until
 from trafficflip.decision.model import EventKind, ServiceState, Status
 from trafficflip.decision.plan import Plan
 from trafficflip.errors import ConfigError
@@ -138,9 +141,7 @@ async def serve(config: Config, path: str | None = None) -> None:
         store = node.store
     else:
         store = open_store(settings.state)
-        engine = Engine(
-            config.services, store, build_providers(config), retention=settings.journal
-        )
+        engine = Engine(config.services, store, build_providers(config), retention=settings.journal)
     runner = Runner(
         engine,
         Prober(),
@@ -343,7 +344,9 @@ def _api_error(response: httpx.Response) -> int:
     return 1
 
 
-def _command_via_api(spec: CommandSpec, args: argparse.Namespace, payload: dict[str, str]) -> int:
+def _command_via_api(
+    spec: CommandSpec, args: argparse.Namespace, payload: dict[str, object]
+) -> int:
     path = f"/api/v1/services/{args.service}/{spec.name}"
     response = _api_call("POST", args.api, path, json=payload)
     if response.status_code != 200:
@@ -362,9 +365,16 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
         except CommandError as exc:
             print(f"--reason: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-        payload = {"reason": reason} if reason else {}
+        payload: dict[str, object] = {"reason": reason} if reason else {}
         if spec.site_arg:
             payload[spec.site_arg] = getattr(args, spec.site_arg)
+        if spec.expires:
+            try:
+                payload.update(maintenance_end(args.for_, args.until))
+                requested_until(spec.name, payload, time.time())  # the intake's own check
+            except CommandError as exc:
+                print(exc, file=sys.stderr)
+                return EXIT_CONFIG
         if args.api:
             return _command_via_api(spec, args, payload)
         config = load_config(args.config, providers=False)
@@ -383,6 +393,30 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
         return 0 if result.ok else 1
 
     return handler
+
+
+def maintenance_end(duration: str | None, until: str | None) -> dict[str, object]:
+    """``--for``/``--until`` as command arguments. ``--until`` is read on this machine's
+    wall clock: ``HH:MM`` is its next occurrence in local time, an ISO 8601 time without
+    an offset is local time; either is sent as epoch seconds."""
+    if duration is not None:
+        return {"for": duration}
+    if until is None:
+        return {}
+    now = datetime.now().astimezone()
+    try:
+        if match := re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", until):
+            hour, minute, second = (int(part or 0) for part in match.groups())
+            moment = now.replace(hour=hour, minute=minute, second=second, microsecond=0)
+            if moment <= now:
+                moment += timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(until)
+    except ValueError:
+        raise CommandError(f"--until: {until!r} is not HH:MM or an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return {"until": moment.timestamp()}
 
 
 def _command_store(config: Config) -> SqliteStateStore | EtcdStateStore:
@@ -484,6 +518,13 @@ def add_command(
     command.add_argument(
         "--reason", default="", help="why, journaled and notified (one line of text)"
     )
+    if spec.expires:
+        end = command.add_mutually_exclusive_group()
+        end.add_argument("--for", dest="for_", help="end by itself after this long (30m, 2h)")
+        end.add_argument(
+            "--until",
+            help="end by itself at this wall-clock time: HH:MM (next, local time) or ISO 8601",
+        )
     command.add_argument(
         "--wait",
         type=float,

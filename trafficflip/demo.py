@@ -178,10 +178,10 @@ def local_route53(zone: str) -> Any:
 
 
 def run_demo() -> int:
+    setup_logging("INFO")  # before moto starts: its access log is held at WARNING
     moto = local_route53(ZONE)
     host, port = moto.get_host_and_port()
     primary, dr = DemoSite(), DemoSite()
-    setup_logging("INFO")
     print(
         f"trafficflip demo: Route53 emulation at {host}:{port}, sites primary={primary.url} "
         f"dr={dr.url}",

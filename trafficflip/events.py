@@ -23,6 +23,7 @@ class EventKind(StrEnum):
     RAMP_STEP = "ramp_step"
     RAMP_CANCELLED = "ramp_cancelled"
     COMMAND = "command"
+    MAINTENANCE_ENDED = "maintenance_ended"
     PROVIDER_CHANGE = "provider_change"
     DRIFT = "drift"
     PROVIDER_ERROR = "provider_error"
@@ -51,6 +52,7 @@ NOTIFIED = (
     EventKind.ALL_DOWN,
     EventKind.RECOVERED,
     EventKind.COMMAND,
+    EventKind.MAINTENANCE_ENDED,
     EventKind.PROVIDER_ERROR,
     EventKind.PROVIDER_RECOVERED,
     EventKind.CONFIG_RELOADED,

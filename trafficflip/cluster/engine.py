@@ -118,7 +118,9 @@ class ClusterEngine(Engine):
         if runtime is None:
             return CommandResult.rejected(f"unknown service {service!r}")
         try:
-            apply_command(runtime.config, self.states[service], name, dict(args))
+            apply_command(
+                runtime.config, self.states[service], name, dict(args), wall=self.clock.wall()
+            )
         except CommandError as exc:
             return CommandResult.rejected(str(exc))
         self.store.submit(service, name, dict(args), source)

@@ -14,6 +14,7 @@ from typing import Any
 
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.decide import site_order
+from trafficflip.decision.maintenance import EXPIRING, format_wall, requested_until, with_expiry
 from trafficflip.decision.model import Event, EventKind, ServiceState
 from trafficflip.errors import CommandError
 
@@ -47,6 +48,11 @@ class CommandSpec:
     summary: str
     site_arg: str | None
     transition: Transition
+
+    @property
+    def expires(self) -> bool:
+        """Whether the command takes ``for``/``until`` (maintenance that ends by itself)."""
+        return self.name in EXPIRING
 
 
 @dataclass(frozen=True)
@@ -92,19 +98,33 @@ def validate_reason(reason: object) -> str:
 
 
 def apply_command(
-    service: ServiceConfig, state: ServiceState, name: str, args: Mapping[str, Any]
+    service: ServiceConfig,
+    state: ServiceState,
+    name: str,
+    args: Mapping[str, Any],
+    *,
+    wall: float | None = None,
 ) -> tuple[ServiceState, Event]:
     """Return the state after the command and the event to journal.
 
-    Raises ``CommandError`` for an unknown command, a site the service does not have, or a
-    reason that is not one line of text.
+    ``wall`` is the wall-clock time (epoch seconds) a ``for`` duration counts from; a
+    ``hold``, ``failover`` or ``drain`` given ``for`` or ``until`` ends by itself then
+    (see ``maintenance.end_expired``). Raises ``CommandError`` for an unknown command, a
+    site the service does not have, a reason that is not one line of text, or an end that
+    cannot be used.
     """
     spec = COMMANDS.get(name)
     if spec is None:
         raise CommandError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
     reason = validate_reason(args.get("reason"))
     site = _site(service, args, spec.site_arg) if spec.site_arg else ""
+    if wall is None and args.get("for") is not None:
+        raise CommandError("for: no wall-clock time to count from")
+    until = requested_until(name, args, wall or 0.0)
     new_state, event = spec.transition(service, state, site, f" ({reason})" if reason else "")
+    new_state = with_expiry(new_state, name, site, until)
+    if until is not None:
+        event = replace(event, message=f"{event.message}; ends at {format_wall(until)}")
     return new_state, event
 
 
@@ -128,9 +148,12 @@ def _failover(
 def _failback(
     service: ServiceConfig, state: ServiceState, site: str, why: str
 ) -> tuple[ServiceState, Event]:
+    released = [f"pin to {state.pinned} released"] if state.pinned else []
+    released += [f"drain of {site} released" for site in state.drained]
+    text = "; ".join([*released, "failback approved"])
     return (
         replace(state, pinned=None, drained=(), failback_approved=True),
-        Event(EventKind.COMMAND, f"failback approved{why}"),
+        Event(EventKind.COMMAND, f"{text}{why}"),
     )
 
 

@@ -74,6 +74,17 @@ class Ramp:
 
 
 @dataclass(frozen=True)
+class Expiry:
+    """When an operator's maintenance ends by itself: a ``hold``, a pin (``failover``) to
+    ``site`` or a ``drain`` of ``site``. ``until`` is wall-clock epoch seconds: an operator's
+    "until 14:00" is a time on the wall, and it must survive a restart."""
+
+    command: str
+    site: str | None
+    until: float
+
+
+@dataclass(frozen=True)
 class ServiceState:
     """What trafficflip has decided for one service; persisted after every change.
 
@@ -93,6 +104,7 @@ class ServiceState:
     held: bool = False
     order: tuple[str, ...] | None = None
     all_down: bool = False
+    expiries: tuple[Expiry, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,18 @@ class Probe(BaseModel):
 
 
 class CommandBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     reason: str = REASON
+    for_: str | float | None = Field(
+        None,
+        alias="for",
+        description="hold, failover and drain only: end by itself after this long (30m, 2h)",
+    )
+    until: str | float | None = Field(
+        None,
+        description="hold, failover and drain only: end by itself at this wall-clock time "
+        "(epoch seconds or ISO 8601 with an offset)",
+    )
 
 
 class FailoverBody(CommandBody):
@@ -383,7 +393,7 @@ def _command_endpoint(
     async def take(name: str, who: str, body: CommandBody | None) -> CommandResponse:
         if name not in engine.services:
             raise HTTPException(404, f"unknown service {name!r}")
-        args = (body or CommandBody()).model_dump()
+        args = (body or CommandBody.model_validate({})).model_dump(by_alias=True, exclude_none=True)
         # Taken at once, in the loop: no synchronous store write (a locked or full disk must
         # not hold an operator's failover); the journal line goes through the writer.
         result = engine.execute(name, spec.name, args, source=f"api:{who}")

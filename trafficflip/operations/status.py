@@ -55,7 +55,26 @@ def phase(
 ) -> Phase:
     """The phase, most urgent first. ``health`` is None when only the stored state is known
     (``status`` without a running instance); ``at_text`` formats a time on the health
-    clock for people."""
+    clock for people. Maintenance that ends by itself says when (wall clock)."""
+    found = _phase(service, state, health, gates, provider_error=provider_error, at_text=at_text)
+    if not state.expiries:
+        return found
+    ends = "; ".join(
+        f"{e.command}{' ' + e.site if e.site else ''} ends at {clock_text(e.until)}"
+        for e in sorted(state.expiries, key=lambda e: e.until)
+    )
+    return Phase(found.name, f"{found.detail}; {ends}" if found.detail else ends)
+
+
+def _phase(
+    service: ServiceConfig,
+    state: ServiceState,
+    health: Mapping[str, SiteHealth] | None,
+    gates: SiteHealth | None,
+    *,
+    provider_error: str | None,
+    at_text: Callable[[float], str],
+) -> Phase:
     if state.all_down:
         return Phase("all down", "every site is down; answers kept as they were")
     if provider_error is not None:
@@ -69,7 +88,13 @@ def phase(
     if state.pinned is not None:
         return Phase("pinned", f"pinned to {state.pinned}")
     if state.drained:
-        return Phase("draining", f"draining {', '.join(state.drained)}")
+        # The ramp is over once the drained sites serve nothing: say so, not "draining".
+        done = all(s not in state.members for s in state.drained)
+        verb = "drained" if done else "draining"
+        return Phase(
+            "draining",
+            f"{', '.join(state.drained)} {verb}" if done else f"{verb} {', '.join(state.drained)}",
+        )
     order = site_order(service, state)
     normal = order[:1] if service.mode == "active-passive" else order
     if set(state.members) != set(normal):

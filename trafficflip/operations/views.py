@@ -80,6 +80,15 @@ class SharePoint(BaseModel):
     kind: str = Field(description="the journal event that set them (failover, ramp_step...)")
 
 
+class MaintenanceView(BaseModel):
+    """Operator maintenance that ends by itself (``hold``/``failover``/``drain`` with
+    ``for`` or ``until``)."""
+
+    command: str
+    site: str | None
+    until: float = Field(description="wall-clock epoch seconds when it ends")
+
+
 class ServiceView(BaseModel):
     """One service's status: the one shape the API, the page and ``status`` render."""
 
@@ -97,6 +106,9 @@ class ServiceView(BaseModel):
     held: bool
     pinned: str | None
     drained: list[str]
+    maintenance: list[MaintenanceView] = Field(
+        default=[], description="maintenance scheduled to end by itself, soonest first"
+    )
     order: list[str]
     members: list[str]
     shares: dict[str, int]
@@ -241,6 +253,10 @@ def stored_view(
         held=state.held,
         pinned=state.pinned,
         drained=list(state.drained),
+        maintenance=[
+            MaintenanceView.model_construct(command=e.command, site=e.site, until=e.until)
+            for e in sorted(state.expiries, key=lambda e: e.until)
+        ],
         order=list(site_order(config, state)),
         members=list(state.members),
         shares=shares,

@@ -20,6 +20,7 @@ from trafficflip.backend.provider import read_only as read_only_provider
 from trafficflip.config.schema import JournalConfig, ServiceConfig
 from trafficflip.decision.commands import CommandResult, apply_command
 from trafficflip.decision.decide import decide, fit_to_config, next_step_at
+from trafficflip.decision.maintenance import end_expired
 from trafficflip.decision.model import (
     Event,
     EventKind,
@@ -271,6 +272,7 @@ class Engine:
             self._starting_until = self.clock.now() + self._startup_budget
         self.take_commands()
         for name in list(self.services):
+            self.end_maintenance(name)
             urgent = self.decide(name)
             self._converge_soon(name, urgent=urgent)
         if self.clock.now() - self._last_confirm >= CONFIRM_EVERY:
@@ -294,6 +296,14 @@ class Engine:
             self.journal.record(name, decision.events, state=decision.state)
         self._schedule_wakeup(name)
         return any(e.kind in URGENT for e in decision.events)
+
+    def end_maintenance(self, name: str) -> None:
+        """End the service's maintenance whose wall-clock end has passed (journaled and
+        notified); the decision that follows moves the traffic back."""
+        ended = end_expired(self.states[name], self.clock.wall())
+        if ended.state != self.states[name]:
+            self.states[name] = ended.state
+            self.journal.record(name, ended.events, state=ended.state)
 
     def _schedule_wakeup(self, name: str) -> None:
         """Decide again when time alone may change the decision (the 1 s tick would find it
@@ -344,7 +354,9 @@ class Engine:
         if runtime is None:
             return CommandResult.rejected(f"unknown service {service!r}")
         try:
-            state, event = apply_command(runtime.config, self.states[service], name, dict(args))
+            state, event = apply_command(
+                runtime.config, self.states[service], name, dict(args), wall=self.clock.wall()
+            )
         except CommandError as exc:
             log.warning("command_rejected service=%s %s", service, exc)
             return CommandResult.rejected(str(exc))

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from trafficflip.decision.model import JournalEntry, Ramp, RampReason, ServiceState
+from trafficflip.decision.model import Expiry, JournalEntry, Ramp, RampReason, ServiceState
 from trafficflip.errors import ConfigError
 
 
@@ -362,6 +362,9 @@ def state_from_json(text: str) -> ServiceState:
         held=raw.get("held", False),
         order=tuple(raw["order"]) if raw.get("order") else None,
         all_down=raw.get("all_down", False),
+        expiries=tuple(
+            Expiry(e["command"], e.get("site"), float(e["until"])) for e in raw.get("expiries", ())
+        ),
     )
 
 
