@@ -112,3 +112,22 @@ def test_reason_labels_stay_bounded() -> None:
     assert reason_label("slow 812ms > 500ms") == "slow"
     assert reason_label("inconclusive: prober overloaded (loop lag 300ms)") == "inconclusive"
     assert reason_label("status 503") == "status 503"
+
+
+async def test_an_operator_move_is_counted_as_a_move_not_a_failback() -> None:
+    rig = Rig()
+    prober = Prober()
+    metrics = Metrics(rig.engine, Runner(rig.engine, prober, reconcile_interval=30))
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    assert rig.engine.execute("www", "failover", {"to": "dr"}, "test").ok
+    await rig.settle()
+    rig.now += 1.0  # the step's hold (1 s)
+    await rig.tick()
+    assert rig.provider.weights("www") == {"primary": 0, "dr": 100}
+    m = parse(metrics.exposition()[0].decode())
+    moves = "trafficflip_operator_moves_total"
+    assert value(m, moves, service="www", event="planned_move_started") == 1
+    assert value(m, moves, service="www", event="planned_move_completed") == 1
+    assert not [k for k in m if k[0] == "trafficflip_failbacks_total"]
+    await prober.close()
