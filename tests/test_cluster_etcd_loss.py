@@ -79,7 +79,7 @@ def test_member_loss_then_quorum_loss_then_recovery(cluster: ClusterDeployment) 
     leader = cluster.wait_leader()
     # Service resumes by itself: the primary's failure is acted on now.
     wait_until(lambda: cluster.weights() == DR_ONLY, timeout=30, what="failover after recovery")
-    journal = leader.get("/api/v1/services/www?journal=100").json()["journal"]  # type: ignore[union-attr]
+    journal = leader.get("/api/v1/services/www?journal=50").json()["journal"]  # type: ignore[union-attr]
     messages = [e["message"] for e in journal if e["kind"] == "command"]
     assert any("before etcd trouble" in m for m in messages), messages
     assert any("one etcd member down" in m for m in messages), messages

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,8 +84,8 @@ def test_sigkill_mid_ramp_resumes_at_the_same_step(tmp_path: Path, moto_server: 
         seen = record_until(deployment, PRIMARY, timeout=30)
         # Never a repeated failover, never a jump: every state seen is a step of the ramp.
         assert [w["primary"] for w in seen] == [25, 50, 75, 100], seen
-        journal = deployment.cli("status", "--json", "--journal", "50").stdout
-        assert journal.count('"kind": "failover"') == 1
+        status = json.loads(deployment.cli("status", "--json", "--journal", "50").stdout)
+        assert [e["kind"] for e in status["journal"]].count("failover") == 1
     finally:
         deployment.close()
 

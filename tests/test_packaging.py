@@ -66,7 +66,7 @@ def test_wheel_and_sdist_carry_the_version_and_the_license(dist: Path) -> None:
     assert "License-Expression: Apache-2.0" in metadata
     assert f"Version: {version}" in metadata
     assert "trafficflip/providers/route53.py" in names
-    assert "trafficflip/static/" in " ".join(names)
+    assert "trafficflip/operations/static/" in " ".join(names)
     with tarfile.open(sdist) as archive:
         assert f"trafficflip-{version}/LICENSE" in archive.getnames()
 

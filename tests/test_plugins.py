@@ -108,7 +108,7 @@ def check_config(
 
 def test_a_third_party_adapter_adds_its_own_key(tmp_path: Path, plugin_path: Path) -> None:
     code, output = check_config(tmp_path, plugin_path, config(pool="p1", spread=2))
-    assert (code, output.strip()) == (0, "config OK: 1 services")
+    assert (code, output.strip()) == (0, "config OK: 1 service")
     code, output = check_config(tmp_path, plugin_path, config(pool="p1"), "--live")
     assert code == 0, output
     code, output = check_config(tmp_path, plugin_path, config(pool="p9", spread=3), "--live")

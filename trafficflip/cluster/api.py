@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from trafficflip.cluster.node import ClusterNode
 from trafficflip.decision.model import Status
-from trafficflip.operations.api import Reader
+from trafficflip.operations.api import readers
 from trafficflip.operations.views import describe_check
 
 
@@ -63,7 +63,7 @@ def snapshot(node: ClusterNode) -> dict[str, Any]:
 def cluster_routes(app: FastAPI, node: ClusterNode) -> None:
     """Add ``GET /api/v1/cluster`` to the API (read-only, like the other GET routes)."""
 
-    @app.get("/api/v1/cluster", dependencies=Reader)
+    @app.get("/api/v1/cluster", dependencies=readers(app))
     async def cluster() -> dict[str, Any]:
         """The leader, the members (last seen, isolated) and every check's votes."""
         return snapshot(node)

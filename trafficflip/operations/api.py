@@ -190,6 +190,14 @@ async def reader(
 
 Operator = Annotated[str, Depends(operator)]
 Reader = [Depends(reader)]
+
+
+def readers(app: FastAPI) -> list[Any]:
+    """The read routes' dependencies: the token check only with ``api.read_auth``, so the
+    OpenAPI document declares a security requirement only where one is enforced."""
+    return Reader if app.state.read_auth else []
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Error, "description": text}
     for code, text in (
@@ -338,7 +346,7 @@ def _routes(
     @app.get(
         "/api/v1/services",
         response_model=list[ServiceView],
-        dependencies=Reader,
+        dependencies=readers(app),
         responses={200: {"model": list[ServiceView]}},
     )
     async def services(journal: Journal = JOURNAL_DEFAULT) -> Response:
@@ -347,7 +355,7 @@ def _routes(
         body = await asyncio.to_thread(snapshots.current.services_json, journal)
         return Response(body, media_type="application/json")
 
-    @app.get("/api/v1/summary", response_model=SummaryView, dependencies=Reader)
+    @app.get("/api/v1/summary", response_model=SummaryView, dependencies=readers(app))
     async def summary() -> SummaryView:
         """Services by phase, checks down, the last failover."""
         return SummaryView.model_validate(snapshots.current.summary_json())
@@ -356,7 +364,7 @@ def _routes(
         "/api/v1/services/{name}",
         response_model=ServiceView,
         responses={404: ERRORS[404]},
-        dependencies=Reader,
+        dependencies=readers(app),
     )
     async def service(name: ServiceName, journal: Journal = JOURNAL_DEFAULT) -> ServiceView:
         found = snapshots.current.view(name, journal)
@@ -369,7 +377,7 @@ def _routes(
         body, content_type = await scrapes.get()
         return Response(body, media_type=content_type)
 
-    @app.get("/", response_class=HTMLResponse, dependencies=Reader)
+    @app.get("/", response_class=HTMLResponse, dependencies=readers(app))
     async def page(refresh: Annotated[float, Query(ge=0.2, le=3600)] = 2.0) -> HTMLResponse:
         """The status page: no external assets, refreshes itself."""
         html, nonce = render_page(snapshots.current, refresh)

@@ -115,6 +115,7 @@ class Engine:
         return self.journal.previewed
 
     def _set_providers(self, providers: Mapping[str, Provider]) -> None:
+        previous = {name: sync.status for name, sync in self.syncs.items()}
         for sync in self.syncs.values():
             sync.close()
         self.providers = {
@@ -133,6 +134,10 @@ class Engine:
             )
             for name, provider in self.providers.items()
         }
+        for name, sync in self.syncs.items():
+            # A reload keeps what is known of a provider (its last success, its errors):
+            # readiness must not fall back to "no reconcile yet".
+            sync.status = previous.get(name, sync.status)
         self.provider_status = {name: sync.status for name, sync in self.syncs.items()}
 
     # -- services -------------------------------------------------------------------------
