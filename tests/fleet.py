@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import yaml
 
 from tests.support import (
@@ -81,13 +80,7 @@ class Fleet:
     ) -> None:
         self.tmp, self.count = tmp, services
         self.proxy = CountingProxy(moto.url, max_changes_per_second=calls_per_second)
-        self.route53 = boto3.client(
-            "route53",
-            endpoint_url=moto.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        self.route53 = moto.client("route53")
         zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference=str(tmp))
         self.zone_id = zone["HostedZone"]["Id"]
         self.primary, self.dr = SiteProcess(tmp, "primary"), SiteProcess(tmp, "dr")

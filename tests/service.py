@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import yaml
 
@@ -86,13 +85,7 @@ class Deployment:
         self.names, self.fall = names, fall
         self.config = tmp_path / "trafficflip.yaml"
         self.env = {**moto.env(), "TRAFFICFLIP_CONFIG": str(self.config), **(env or {})}
-        self.route53 = boto3.client(
-            "route53",
-            endpoint_url=moto.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        self.route53 = moto.client("route53")
         zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference="e2e")
         self.zone_id = zone["HostedZone"]["Id"]
         self.primary, self.dr = HttpSite().start(), HttpSite().start()

@@ -156,6 +156,18 @@ class MotoServer(Process):
         except OSError:
             return False
 
+    def client(self, service: str) -> Any:
+        """A boto3 client of this server (the test's own view of the backend)."""
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
     def env(self) -> dict[str, str]:
         """The environment that points boto3 at this server."""
         return {

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from trafficflip.config.schema import Check, HealthConfig, ServiceConfig
 from trafficflip.decision.health import CheckHealth, observe, site_health
-from trafficflip.decision.model import ProbeResult, ServiceHealth, SiteHealth, Status
+from trafficflip.decision.model import ProbeResult, ServiceHealth, SiteHealth
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,3 @@ class HealthMonitor:
         rise = runtime.config.health.rise
         return all(self.checks[k].settled(rise) for k in runtime.keys)
 
-
-def unknown(health: ServiceHealth) -> list[str]:
-    """The sites whose status is not known yet."""
-    return [s for s, h in health.sites.items() if h.status is Status.UNKNOWN]
