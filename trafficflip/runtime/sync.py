@@ -223,7 +223,10 @@ class ProviderSync:
             if changes:
                 self._journal_changes(service, state, changes, receipt, exact)
             if exact and state.applied_at is None:
-                self._states[service.name] = replace(state, applied_at=self._clock.now())
+                applied = replace(state, applied_at=self._clock.now())
+                self._states[service.name] = applied
+                # Stored too, so `status` read from the store knows when the next step is due.
+                self._journal.record(service.name, [], state=applied)
                 self._after_apply(service.name)
             self._last_error.pop(service.name, None)
 
