@@ -127,7 +127,12 @@ def test_a_dripping_or_flooding_receiver_is_cut_off(
             timeout=5,
             what="the flood notice counted as sent",
         )
-        assert 'outcome="failed",target="drip"' in service.get("/metrics").text
+        # The drip's connection is cut before its failure is counted: poll, don't race.
+        wait_until(
+            lambda: 'outcome="failed",target="drip"' in service.get("/metrics").text,
+            timeout=5,
+            what="the drip notice counted as failed",
+        )
         assert f"no answer within {TIMEOUT}s" in service.output()
         growth = rss_kib(service.process.pid) - before
         assert growth < 64 * 1024, f"RSS grew {growth} KiB"
