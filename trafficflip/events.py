@@ -23,7 +23,11 @@ class EventKind(StrEnum):
     RAMP_STEP = "ramp_step"
     RAMP_CANCELLED = "ramp_cancelled"
     COMMAND = "command"
+    MAINTENANCE_STARTED = "maintenance_started"
     MAINTENANCE_ENDED = "maintenance_ended"
+    TTL_LOWERING = "ttl_lowering"
+    TTL_LOWERED = "ttl_lowered"
+    TTL_RESTORED = "ttl_restored"
     PROVIDER_CHANGE = "provider_change"
     DRIFT = "drift"
     PROVIDER_ERROR = "provider_error"
@@ -52,7 +56,10 @@ NOTIFIED = (
     EventKind.ALL_DOWN,
     EventKind.RECOVERED,
     EventKind.COMMAND,
+    EventKind.MAINTENANCE_STARTED,
     EventKind.MAINTENANCE_ENDED,
+    EventKind.TTL_LOWERED,
+    EventKind.TTL_RESTORED,
     EventKind.PROVIDER_ERROR,
     EventKind.PROVIDER_RECOVERED,
     EventKind.CONFIG_RELOADED,

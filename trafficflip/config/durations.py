@@ -1,4 +1,4 @@
-"""Durations as operators write them: ``250ms``, ``5s``, ``2m``, ``1h`` or plain seconds."""
+"""Durations as operators write them: ``250ms``, ``5s``, ``2m``, ``1h``, ``7d`` or plain seconds."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(value: Any) -> float:
@@ -21,7 +21,7 @@ def parse_duration(value: Any) -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
         raise ValueError(
-            f"invalid duration {value!r}: use a number of seconds or 250ms, 5s, 2m, 1h"
+            f"invalid duration {value!r}: use a number of seconds or 250ms, 5s, 2m, 1h, 7d"
         )
     if seconds < 0:
         raise ValueError(f"invalid duration {value!r}: must not be negative")

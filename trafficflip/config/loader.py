@@ -157,6 +157,10 @@ def _service_problems(settings: Settings, providers: Mapping[str, ProviderSpec])
     for index, service in enumerate(settings.services):
         key = f"services[{index}]"
         yield from _duplicates(f"{key}.sites", [s.name for s in service.sites])
+        for w_index, window in enumerate(service.maintenance):
+            if window.site not in service.site_names:
+                known = ", ".join(service.site_names)
+                yield f"{key}.maintenance[{w_index}].site: no site {window.site!r} (sites: {known})"
         if service.provider not in settings.providers:
             known = ", ".join(sorted(settings.providers)) or "none configured"
             yield f"{key}.provider: unknown provider {service.provider!r} (known: {known})"
@@ -208,6 +212,11 @@ def _dns_problems(service: ServiceConfig, cls: type[Provider]) -> Iterator[str]:
             f"failback.step_duration: {failback.step_duration:g}s is shorter than the ttl "
             f"({service.ttl}s): resolvers would skip steps (set allow_short_steps: true to allow)"
         )
+    if service.planned is not None and service.ttl and service.planned.ttl >= service.ttl:
+        yield (
+            f"planned.ttl: {service.planned.ttl}s must be lower than the ttl ({service.ttl}s): "
+            "it is the short TTL a planned move lowers the record to"
+        )
 
 
 def _cname_problems(service: ServiceConfig, cls: type[Provider]) -> Iterator[str]:
@@ -227,7 +236,7 @@ def _cname_problems(service: ServiceConfig, cls: type[Provider]) -> Iterator[str
 
 
 def _pool_problems(service: ServiceConfig) -> Iterator[str]:
-    for field in DNS_FIELDS:
+    for field in (*DNS_FIELDS, "planned"):
         if getattr(service, field) is not None:
             yield f"{field}: not used by a load-balancer provider"
 

@@ -7,13 +7,20 @@ long enough for the TTL) live in ``trafficflip.config.loader``. Both report ``ke
 from __future__ import annotations
 
 import builtins
+import functools
 import ipaddress
 import re
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,7 +37,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from trafficflip.config.durations import Duration
+from trafficflip.config.durations import Duration, parse_duration
 from trafficflip.events import NOTIFIED, EventKind
 
 MIN_INTERVAL = 0.1
@@ -206,6 +213,110 @@ class SiteConfig(Strict):
     weight: Annotated[int, Field(ge=1, le=100)] = 1
 
 
+class PlannedConfig(Strict):
+    """Planned moves on a DNS name: lower the TTL to ``ttl`` and wait out the old one first."""
+
+    ttl: Annotated[int, Field(ge=1, le=86400)]
+
+
+class MaintenanceWindow(Strict):
+    """A site drained for ``duration`` from ``start``, again at every ``every``.
+
+    ``every`` is a duration (``7d``, ``12h``) counted from ``start``, or a five-field crontab
+    expression (``0 2 * * sun``) read in ``timezone``; without it the window happens once.
+    With a crontab ``every``, ``start`` is optional and only says from when it applies.
+    """
+
+    site: str
+    start: datetime | None = None
+    duration: Duration
+    every: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, start: datetime | None) -> datetime | None:
+        if start is not None and start.tzinfo is None:
+            raise ValueError("needs an offset (2026-11-29T02:00:00+00:00 or ...Z)")
+        return start
+
+    @field_validator("duration")
+    @classmethod
+    def _positive(cls, duration: float) -> float:
+        if duration <= 0:
+            raise ValueError("must be longer than 0s")
+        return duration
+
+    @model_validator(mode="after")
+    def _schedule(self) -> MaintenanceWindow:
+        self.trigger()  # every, start and timezone make a schedule, or the error says why
+        return self
+
+    @property
+    def cron(self) -> bool:
+        return self.every is not None and len(self.every.split()) > 1
+
+    def start_after(self, wall: float) -> float | None:
+        """The first start after ``wall`` (epoch seconds), by the trigger; None if none."""
+        fire = _trigger(self).get_next_fire_time(None, datetime.fromtimestamp(wall + _AFTER, UTC))
+        if fire is None:
+            return None
+        start = float(fire.timestamp())
+        # A one-off (date) trigger names its date whatever the time asked about.
+        return start if start > wall else None
+
+    def trigger(self) -> BaseTrigger:
+        """The APScheduler trigger whose fire times are this window's starts."""
+        try:
+            zone = ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone: unknown time zone {self.timezone!r}") from None
+        if self.cron:
+            assert self.every is not None
+            fields = self.every.split()
+            if len(fields) != 5:
+                raise ValueError(f"every: {self.every!r} is not a five-field crontab expression")
+            if any(c.isdigit() for c in fields[4]):
+                # APScheduler numbers weekdays from Monday (0), crontab from Sunday (0): a
+                # number would silently shift the window by a day.
+                raise ValueError(
+                    f"every: name the days of the week (sun, mon-fri), not {fields[4]!r}"
+                )
+            minute, hour, day, month, day_of_week = fields
+            try:
+                return CronTrigger(
+                    minute=minute,
+                    hour=hour,
+                    day=day,
+                    month=month,
+                    day_of_week=day_of_week,
+                    start_date=self.start,
+                    timezone=zone,
+                )
+            except ValueError as exc:
+                raise ValueError(f"every: {self.every!r}: {exc}") from None
+        if self.start is None:
+            raise ValueError("start: required unless every is a crontab expression")
+        if self.every is None:
+            return DateTrigger(run_date=self.start, timezone=zone)
+        try:
+            period = parse_duration(self.every)
+        except ValueError as exc:
+            raise ValueError(f"every: {exc}; or a crontab expression (0 2 * * sun)") from None
+        if period <= self.duration:
+            raise ValueError(f"every: {self.every} must be longer than the duration")
+        return IntervalTrigger(seconds=period, start_date=self.start, timezone=zone)
+
+
+# A start exactly at the time asked about belongs to the occurrence that just ended.
+_AFTER = 0.001
+
+
+@functools.lru_cache(maxsize=4096)
+def _trigger(window: MaintenanceWindow) -> BaseTrigger:
+    return window.trigger()
+
+
 class NoServiceKeys(Strict):
     """The adapter keys of a provider that has none: every key it is given is unknown."""
 
@@ -250,6 +361,8 @@ class ServiceConfig(BaseModel):
     health: HealthConfig = HealthConfig()
     failback: FailbackConfig = FailbackConfig()
     all_down: Literal["keep", "all"] = "keep"
+    planned: PlannedConfig | None = None
+    maintenance: list[MaintenanceWindow] = []
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -446,7 +559,6 @@ class Settings(BaseSettings):
     api: ApiConfig = ApiConfig()
     notify: list[NotifyTarget] = []
     journal: JournalConfig = JournalConfig()
-
 
     cluster: ClusterConfig | None = None
 

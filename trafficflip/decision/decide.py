@@ -3,6 +3,11 @@
 Traffic is described as ``members`` (sites serving their full share) and at most one
 ``Ramp`` moving traffic from the members to a new set. Losing a member is immediate
 (failover); gaining one (failback, an operator's move) goes along ``failback.steps``.
+
+A planned move (a pin, a drain) on a service with ``planned.ttl`` first lowers the record's
+TTL and waits out the old one from when the provider took it, so resolvers hold the short
+TTL when the first step lands; the TTL is restored once nothing is moving. A failover
+never waits.
 """
 
 from __future__ import annotations
@@ -85,7 +90,19 @@ def next_step_at(
         for site, h in health.sites.items()
         if site not in state.members and h.status is Status.UP and h.since is not None
     ]
+    short_ttl_held = move_starts_at(service, state)
+    if short_ttl_held is not None:
+        # The planned move starts once the old TTL ran out and its site is stable.
+        return max([short_ttl_held, *returning])
     return min(returning, default=None)
+
+
+def move_starts_at(service: ServiceConfig, state: ServiceState) -> float | None:
+    """While a planned move waits for the lowered TTL: when the old TTL has run out since
+    the provider took the short one (monotonic), else None."""
+    if state.ttl is None or state.ramp is not None or state.applied_at is None:
+        return None
+    return state.applied_at + (service.ttl or 0)
 
 
 def fit_to_config(service: ServiceConfig, state: ServiceState) -> Decision:
@@ -310,8 +327,12 @@ def _maybe_start_ramp(
 ) -> ServiceState:
     target = _desired_members(service, state, health)
     if set(target) == set(state.members):
-        return state
+        return _restore_ttl(service, state, events)
     reason = _ramp_reason(state)
+    if reason is not RampReason.FAILBACK and service.planned is not None:
+        waiting = _lower_ttl_first(service, state, target, now, events)
+        if waiting is not None:
+            return waiting
     joining = [s for s in target if s not in state.members]
     ready = {s for s in joining if _ready_to_join(service, state, health[s], gates, now, reason)}
     if service.mode == "active-passive" and not ready:
@@ -334,6 +355,41 @@ def _maybe_start_ramp(
         )
     )
     return replace(state, ramp=Ramp(to=target, step=start, since=now, reason=reason))
+
+
+def _lower_ttl_first(
+    service: ServiceConfig,
+    state: ServiceState,
+    target: tuple[str, ...],
+    now: float,
+    events: list[Event],
+) -> ServiceState | None:
+    """The state while a planned move waits for its short TTL, or None once it may start.
+
+    The old TTL is waited out from when the provider took the short one (``applied_at``),
+    so no resolver still holds an answer with the long TTL when the first step lands."""
+    assert service.planned is not None
+    short, old = service.planned.ttl, service.ttl or 0
+    if state.ttl != short:
+        events.append(
+            Event(
+                EventKind.TTL_LOWERING,
+                f"planned move to {', '.join(target)}: lowering the TTL {old}s -> {short}s "
+                f"first; the move starts {old}s after that is applied",
+            )
+        )
+        return replace(state, ttl=short, applied_at=None)
+    if state.applied_at is None or now - state.applied_at < old:
+        return state
+    return None
+
+
+def _restore_ttl(service: ServiceConfig, state: ServiceState, events: list[Event]) -> ServiceState:
+    """Nothing is moving: a TTL lowered for a planned move goes back to the configured one."""
+    if state.ttl is None:
+        return state
+    events.append(Event(EventKind.TTL_RESTORED, f"TTL back to {service.ttl}s: nothing is moving"))
+    return replace(state, ttl=None, applied_at=None)
 
 
 def _first_step_above(service: ServiceConfig, state: ServiceState, target: tuple[str, ...]) -> int:

@@ -1,4 +1,5 @@
-"""Maintenance that ends by itself: the expiry of a hold, a pin or a drain. Pure; no I/O.
+"""Maintenance that ends by itself: the expiry of a hold, a pin or a drain, and the
+configured windows that drain a site for a while. Pure; no I/O.
 
 Expiries are wall-clock epoch seconds (an operator's "until 14:00" names a time on the wall,
 and it must mean the same after a restart). The engine passes the wall time in; everything
@@ -13,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from trafficflip.config.durations import parse_duration
+from trafficflip.config.schema import MaintenanceWindow, ServiceConfig
 from trafficflip.decision.model import Decision, Event, EventKind, Expiry, ServiceState
 from trafficflip.errors import CommandError
 
@@ -121,3 +123,50 @@ def _end(state: ServiceState, expiry: Expiry) -> ServiceState:
 def next_expiry(state: ServiceState) -> float | None:
     """When the next maintenance ends (wall-clock epoch seconds), or None."""
     return min((e.until for e in state.expiries), default=None)
+
+
+# -- configured windows -------------------------------------------------------------------
+
+
+def open_window(window: MaintenanceWindow, wall: float) -> tuple[float, float] | None:
+    """The occurrence of ``window`` open at ``wall``: (start, end) in epoch seconds."""
+    start = window.start_after(wall - window.duration)
+    if start is None or start > wall:
+        return None
+    return start, start + window.duration
+
+
+def next_window(window: MaintenanceWindow, wall: float) -> tuple[float, float] | None:
+    """The occurrence open at ``wall``, else the next one; None when none is to come."""
+    current = open_window(window, wall)
+    if current is not None:
+        return current
+    start = window.start_after(wall)
+    return None if start is None else (start, start + window.duration)
+
+
+def begin_windows(service: ServiceConfig, state: ServiceState, wall: float) -> Decision:
+    """Drain each site whose maintenance window is open at ``wall``, once per occurrence,
+    until the window's end; the drain then ends as ``end_expired`` ends any other, through
+    the failback gates and ramp. A drain the operator made without an end is left alone,
+    and an operator who releases the drain early is not overruled until the next window."""
+    begun = dict(state.windows_begun)
+    events = []
+    for window in service.maintenance:
+        occurrence = open_window(window, wall)
+        if occurrence is None or begun.get(window.site, -math.inf) >= occurrence[0]:
+            continue
+        start, end = occurrence
+        site = window.site
+        begun[site] = start
+        current = next((e for e in state.expiries if (e.command, e.site) == ("drain", site)), None)
+        if site in state.drained and (current is None or current.until >= end):
+            continue  # already drained for at least as long: the operator's word stands
+        drained = tuple(dict.fromkeys((*state.drained, site)))
+        pinned = None if state.pinned == site else state.pinned
+        state = with_expiry(replace(state, drained=drained, pinned=pinned), "drain", site, end)
+        message = f"maintenance window drains {site} until {format_wall(end)}"
+        events.append(Event(EventKind.MAINTENANCE_STARTED, message, site))
+    if begun == dict(state.windows_begun):
+        return Decision(state, tuple(events))
+    return Decision(replace(state, windows_begun=tuple(sorted(begun.items()))), tuple(events))

@@ -90,8 +90,12 @@ class ServiceState:
 
     ``members`` are the sites serving their full share (one site in active-passive).
     ``shares`` are the desired percentages per site, ``None`` before the first decision.
-    ``applied_at`` is when the provider confirmed the current ``shares``; a ramp step is
-    held from then, never from the decision alone.
+    ``applied_at`` is when the provider confirmed the current ``shares`` (and ``ttl``); a
+    ramp step is held from then, never from the decision alone.
+    ``ttl`` is the short TTL of a planned move while it is in effect (``None``: the
+    configured one). ``windows_begun`` holds, per site, the start (wall-clock epoch
+    seconds) of the last maintenance window that drained it, so a window drains once even
+    when an operator ends it early.
     """
 
     members: tuple[str, ...] = ()
@@ -105,6 +109,8 @@ class ServiceState:
     order: tuple[str, ...] | None = None
     all_down: bool = False
     expiries: tuple[Expiry, ...] = ()
+    ttl: int | None = None
+    windows_begun: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -92,21 +92,22 @@ class Plan:
 
 
 def render(
-    service: ServiceConfig, shares: Mapping[str, int], *, weighted: bool
+    service: ServiceConfig, shares: Mapping[str, int], *, weighted: bool, ttl: int | None = None
 ) -> tuple[Answer, ...]:
-    """The answers that express ``shares`` on a backend.
+    """The answers that express ``shares`` on a backend, with ``ttl`` (a planned move's
+    short TTL) or else the service's.
 
     A weighted backend gets one answer per site with its share as the weight (0 keeps the
     answer in place but takes it out of rotation). A set-only backend gets one answer with
     the targets of every site that has a share: a ramp becomes a mixed answer.
     """
+    ttl = ttl or service.ttl
     if weighted:
         return tuple(
-            Answer(s.name, frozenset(s.targets), shares.get(s.name, 0), service.ttl)
-            for s in service.sites
+            Answer(s.name, frozenset(s.targets), shares.get(s.name, 0), ttl) for s in service.sites
         )
     targets = frozenset(t for s in service.sites if shares.get(s.name, 0) > 0 for t in s.targets)
-    return (Answer(None, targets, None, service.ttl),)
+    return (Answer(None, targets, None, ttl),)
 
 
 def check_safe(service: ServiceConfig, desired: Sequence[Answer]) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from trafficflip.config.schema import ServiceConfig
-from trafficflip.decision.decide import next_step_at, site_order
+from trafficflip.decision.decide import move_starts_at, next_step_at, site_order
 from trafficflip.decision.model import ServiceHealth, ServiceState, SiteHealth, Status
 
 # The phases the summary always counts, in the order an operator reads them.
@@ -24,6 +24,7 @@ SEVERITY = (
     "failed over",
     "held",
     "ramping",
+    "lowering TTL",
     "pinned",
     "draining",
     "starting",
@@ -85,6 +86,10 @@ def _phase(
         return Phase("starting", "waiting for the first probes")
     if state.ramp is not None:
         return Phase("ramping", _ramp_detail(service, state, at_text))
+    if state.ttl is not None and _move_pending(state):
+        starts = move_starts_at(service, state)
+        when = "once the provider has it" if starts is None else f"at {at_text(starts)}"
+        return Phase("lowering TTL", f"TTL {state.ttl}s before the planned move; it starts {when}")
     if state.pinned is not None:
         return Phase("pinned", f"pinned to {state.pinned}")
     if state.drained:
@@ -101,6 +106,12 @@ def _phase(
         away = [s for s in normal if s not in state.members]
         return Phase("failed over", _returning_detail(service, state, away, health, gates, at_text))
     return Phase("normal")
+
+
+def _move_pending(state: ServiceState) -> bool:
+    """A pin or a drain that has not moved the traffic yet."""
+    pinned_away = state.pinned is not None and tuple(state.members) != (state.pinned,)
+    return pinned_away or any(s in state.members for s in state.drained)
 
 
 def _ramp_detail(

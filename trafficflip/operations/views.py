@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from trafficflip.config.schema import Check, DnsCheck, HttpCheck, ServiceConfig, TcpCheck
 from trafficflip.decision.decide import next_step_at, site_order
 from trafficflip.decision.health import CheckHealth
+from trafficflip.decision.maintenance import next_window
 from trafficflip.decision.model import (
     JournalEntry,
     ServiceHealth,
@@ -89,6 +90,16 @@ class MaintenanceView(BaseModel):
     until: float = Field(description="wall-clock epoch seconds when it ends")
 
 
+class WindowView(BaseModel):
+    """A configured maintenance window: its occurrence open now, or the next one."""
+
+    site: str
+    start: float = Field(description="wall-clock epoch seconds when the occurrence opens")
+    end: float = Field(description="wall-clock epoch seconds when it closes")
+    open: bool = Field(description="true while the occurrence is open (the site is drained)")
+    every: str | None = Field(description="the recurrence as configured, or null for once")
+
+
 class ServiceView(BaseModel):
     """One service's status: the one shape the API, the page and ``status`` render."""
 
@@ -108,6 +119,9 @@ class ServiceView(BaseModel):
     drained: list[str]
     maintenance: list[MaintenanceView] = Field(
         default=[], description="maintenance scheduled to end by itself, soonest first"
+    )
+    windows: list[WindowView] = Field(
+        default=[], description="configured maintenance windows: open or next, soonest first"
     )
     order: list[str]
     members: list[str]
@@ -257,6 +271,7 @@ def stored_view(
             MaintenanceView.model_construct(command=e.command, site=e.site, until=e.until)
             for e in sorted(state.expiries, key=lambda e: e.until)
         ],
+        windows=windows_view(config, wall_now),
         order=list(site_order(config, state)),
         members=list(state.members),
         shares=shares,
@@ -267,6 +282,25 @@ def stored_view(
         journal=list(journal),
         timeline=timeline(journal, wall_now),
     )
+
+
+def windows_view(config: ServiceConfig, wall_now: float) -> list[WindowView]:
+    """Each configured window's open or next occurrence, soonest first."""
+    views = []
+    for window in config.maintenance:
+        occurrence = next_window(window, wall_now)
+        if occurrence is not None:
+            start, end = occurrence
+            views.append(
+                WindowView.model_construct(
+                    site=window.site,
+                    start=start,
+                    end=end,
+                    open=start <= wall_now,
+                    every=window.every,
+                )
+            )
+    return sorted(views, key=lambda w: w.start)
 
 
 def _shares(config: ServiceConfig, state: ServiceState) -> dict[str, int]:

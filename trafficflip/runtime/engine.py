@@ -19,8 +19,8 @@ from trafficflip.backend.provider import Provider
 from trafficflip.backend.provider import read_only as read_only_provider
 from trafficflip.config.schema import JournalConfig, ServiceConfig
 from trafficflip.decision.commands import CommandResult, apply_command
-from trafficflip.decision.decide import decide, fit_to_config, next_step_at
-from trafficflip.decision.maintenance import end_expired
+from trafficflip.decision.decide import decide, fit_to_config, move_starts_at, next_step_at
+from trafficflip.decision.maintenance import begin_windows, end_expired, format_wall
 from trafficflip.decision.model import (
     Event,
     EventKind,
@@ -30,7 +30,7 @@ from trafficflip.decision.model import (
     SiteHealth,
     Status,
 )
-from trafficflip.decision.plan import Plan
+from trafficflip.decision.plan import Plan, render
 from trafficflip.errors import CommandError
 from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.journal import Journal, resumed_state
@@ -130,7 +130,7 @@ class Engine:
                 journal=self.journal,
                 clock=self.clock,
                 listeners=self.listeners,
-                after_apply=self._schedule_wakeup,
+                after_apply=self._applied,
             )
             for name, provider in self.providers.items()
         }
@@ -184,9 +184,10 @@ class Engine:
                 result.added.append(name)
                 self.journal.record(name, [Event(EventKind.SERVICE_ADDED, "added")])
             elif service != self.services[name].config:
+                before = self.services[name].config
                 self.monitor.remove(name)
                 self.monitor.add(service)
-                self._fit(service, self.states[name])
+                self._fit(service, _rewrite_if_answers_changed(before, service, self.states[name]))
                 result.changed.append(name)
         self._set_providers(providers)
         for name in new:
@@ -303,12 +304,31 @@ class Engine:
         return any(e.kind in URGENT for e in decision.events)
 
     def end_maintenance(self, name: str) -> None:
-        """End the service's maintenance whose wall-clock end has passed (journaled and
-        notified); the decision that follows moves the traffic back."""
-        ended = end_expired(self.states[name], self.clock.wall())
-        if ended.state != self.states[name]:
-            self.states[name] = ended.state
-            self.journal.record(name, ended.events, state=ended.state)
+        """Begin the service's maintenance windows that are open and end the maintenance
+        whose wall-clock end has passed (journaled and notified); the decision that follows
+        moves the traffic."""
+        wall = self.clock.wall()
+        begun = begin_windows(self.services[name].config, self.states[name], wall)
+        for changed in (begun, end_expired(begun.state, wall)):
+            if changed.state != self.states[name]:
+                self.states[name] = changed.state
+                self.journal.record(name, changed.events, state=changed.state)
+
+    def _applied(self, name: str) -> None:
+        """A provider took the service's decided answers: a planned move whose short TTL is
+        now in place says when it starts; the next timed decision is scheduled."""
+        runtime = self.services.get(name)
+        if runtime is not None:
+            starts = move_starts_at(runtime.config, self.states[name])
+            if starts is not None:
+                config, state = runtime.config, self.states[name]
+                message = (
+                    f"TTL {state.ttl}s in place; the move starts at "
+                    f"{format_wall(self.clock.to_wall(starts))}, once the {config.ttl}s "
+                    "answers have expired"
+                )
+                self.journal.record(name, [Event(EventKind.TTL_LOWERED, message)])
+        self._schedule_wakeup(name)
 
     def _schedule_wakeup(self, name: str) -> None:
         """Decide again when time alone may change the decision (the 1 s tick would find it
@@ -436,6 +456,18 @@ class Engine:
             sync.close()
         if self.writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+
+
+def _rewrite_if_answers_changed(
+    before: ServiceConfig, after: ServiceConfig, state: ServiceState
+) -> ServiceState:
+    """A reloaded service whose answers change with the same shares (a new ttl or target)
+    is written again: not applied yet, so the sync journals it as ours, not as drift."""
+    if state.shares is None:
+        return state
+    old = render(before, state.shares, weighted=True, ttl=state.ttl)
+    new = render(after, state.shares, weighted=True, ttl=state.ttl)
+    return state if old == new else replace(state, applied_at=None)
 
 
 def startup_time(service: ServiceConfig) -> float:

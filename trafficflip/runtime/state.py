@@ -365,6 +365,8 @@ def state_from_json(text: str) -> ServiceState:
         expiries=tuple(
             Expiry(e["command"], e.get("site"), float(e["until"])) for e in raw.get("expiries", ())
         ),
+        ttl=raw.get("ttl"),
+        windows_begun=tuple((str(s), float(t)) for s, t in raw.get("windows_begun", ())),
     )
 
 

@@ -35,6 +35,12 @@ from trafficflip.runtime.state import ChangeRecord
 
 log = logging.getLogger("trafficflip")
 RETRY_BASE, RETRY_CAP = 1.0, 30.0
+# What a sync writes for a service: its shares and its TTL override.
+Written = tuple[dict[str, int] | None, int | None]
+
+
+def _written(state: ServiceState) -> Written:
+    return state.shares, state.ttl
 
 
 @dataclass
@@ -158,7 +164,7 @@ class ProviderSync:
         except ProviderError as exc:
             self._failed([s.name for s in configs], exc)
             return None
-        planned = {s.name: self._states[s.name].shares for s in configs}
+        planned = {s.name: _written(self._states[s.name]) for s in configs}
         plan = self._plan(configs, actual)
         if not apply:
             return plan
@@ -169,10 +175,12 @@ class ProviderSync:
         desired: dict[str, tuple[Answer, ...]] = {}
         for service in configs:
             try:
+                state = self._states[service.name]
                 wanted = render(
                     service,
-                    self._states[service.name].shares or {},
+                    state.shares or {},
                     weighted=self.provider.SUPPORTS_WEIGHTS,
+                    ttl=state.ttl,
                 )
                 changes.extend(diff(service, wanted, actual.get(service.name, ())))
                 desired[service.name] = wanted
@@ -187,7 +195,7 @@ class ProviderSync:
         self,
         plan: Plan,
         configs: list[ServiceConfig],
-        planned: Mapping[str, dict[str, int] | None],
+        planned: Mapping[str, Written],
     ) -> Plan | None:
         started = time.monotonic()
         try:
@@ -211,14 +219,14 @@ class ProviderSync:
         self,
         plan: Plan,
         configs: list[ServiceConfig],
-        planned: Mapping[str, dict[str, int] | None],
+        planned: Mapping[str, Written],
         receipt: Receipt | None,
     ) -> None:
         for service in configs:
             state = self._states[service.name]
-            # Only the shares that were planned count as applied: a decision made while the
-            # call was in flight is still pending, and its step hold has not started.
-            exact = state.shares == planned.get(service.name)
+            # Only the shares (and TTL) that were planned count as applied: a decision made
+            # while the call was in flight is still pending, and its step hold has not started.
+            exact = _written(state) == planned.get(service.name)
             changes = plan.for_service(service.name)
             if changes:
                 self._journal_changes(service, state, changes, receipt, exact)
