@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.service import PRIMARY, STANDBY, Service
 from tests.support import MotoServer, wait_until
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.skipif(
 )
 # The screenshot is kept here for a person to look at (and by CI as an artifact).
 SCREENSHOT = Path(__file__).resolve().parent.parent / "build" / "status-page.png"
+WINDOW = {"site": "primary", "every": "0 3 * * sun", "duration": "1h"}
 
 
 def chromium(tmp_path: Path, *args: str) -> str:
@@ -74,6 +76,9 @@ class Dom(html.parser.HTMLParser):
 @pytest.fixture
 def failed_over(tmp_path: Path, moto_server: MotoServer) -> Iterator[Service]:
     service = Service(tmp_path, moto_server)
+    data = yaml.safe_load(service.config.read_text())
+    data["services"][0]["maintenance"] = [WINDOW]
+    service.config.write_text(yaml.safe_dump(data))
     service.start()
     wait_until(lambda: service.weights() == PRIMARY, timeout=20, what="initial weights")
     service.primary.stop()
@@ -96,6 +101,7 @@ def test_page_shows_the_failover(tmp_path: Path, failed_over: Service) -> None:
     assert dots == ["dot down", "dot up"]
     assert "0%" in text and "100%" in text
     assert "primary down: http" in text and "connect refused" in text  # what it waits for
+    assert "maintenance: window primary" in text and "(every 0 3 * * sun)" in text
     journal = [e for e in dom.text if e in ("failover", "initial")]
     assert journal[:2] == ["failover", "initial"], journal  # the journal, newest first
     shot = tmp_path / "page.png"
