@@ -59,6 +59,13 @@ class Route53Provider(Provider):
     KIND = "dns"
     SUPPORTS_WEIGHTS = True
     MAX_WEIGHT = 255
+    # Reads count against the account's 5 calls/s like writes, and a zone of 1,000 records
+    # takes 4 of them: a failover is written from what was last read or written (UPSERTs
+    # carry the whole record set, so a stale view cannot write a wrong answer), and writes
+    # start at most once a second so an outage's failovers share a few calls
+    # (docs/performance.md, Mass failover).
+    PLAN_URGENT_FROM_KNOWN = True
+    WRITE_SPACING = 1.0
     Config = Route53Config
 
     def __init__(self, name: str, config: Route53Config, client: Any) -> None:

@@ -194,6 +194,8 @@ class CountingProxy:
         self.changes = 0
         self.throttled = 0
         self.requests = 0
+        # When the last change call was answered (time.monotonic()): records moved by then.
+        self.last_change_done: float | None = None
         self._rate = max_changes_per_second
         self._recent: list[float] = []
         self._lock = threading.Lock()
@@ -218,6 +220,8 @@ class CountingProxy:
                 response = conn.getresponse()
                 data = response.read()
                 conn.close()
+                if self.command == "POST" and change and response.status == 200:
+                    proxy.last_change_done = time.monotonic()
                 self._reply(response.status, data, response.getheader("Content-Type", ""))
 
             def _reply(self, status: int, data: bytes, content_type: str) -> None:

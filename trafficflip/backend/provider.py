@@ -38,7 +38,8 @@ class Provider(ABC):
     Capabilities are declared, not discovered: ``KIND`` says whether a service on this
     provider is a DNS name (``record``/``type``/``ttl``) or a pool; ``SUPPORTS_WEIGHTS``
     whether a ramp is expressed as exact weights or as mixed answers; ``MAX_WEIGHT`` the
-    largest weight the backend accepts.
+    largest weight the backend accepts; ``PLAN_URGENT_FROM_KNOWN`` and ``WRITE_SPACING``
+    how the provider sync spends a quota-bound backend's calls in a mass failover.
 
     ``Config`` validates the provider's settings (``providers.NAME``); ``Service`` validates
     the service keys the provider owns (a pool's ``backend``), written flat in each service
@@ -49,6 +50,13 @@ class Provider(ABC):
     KIND: ClassVar[Literal["dns", "pool"]] = "dns"
     SUPPORTS_WEIGHTS: ClassVar[bool] = True
     MAX_WEIGHT: ClassVar[int] = 100
+    # A failover may be planned from the answers the sync last read or wrote, without a read
+    # first: for a backend whose reads spend the same quota as its writes (Route53 reads a
+    # zone 300 records a call). Drift is still found by the reconcile, which always reads.
+    PLAN_URGENT_FROM_KNOWN: ClassVar[bool] = False
+    # Seconds between the starts of two writes: what is decided meanwhile joins the next
+    # call (a mass failover in few calls). The first write after a quiet spell goes at once.
+    WRITE_SPACING: ClassVar[float] = 0.0
     Config: ClassVar[type[BaseModel]]
     Service: ClassVar[type[BaseModel]] = NoServiceKeys
 
@@ -204,7 +212,16 @@ def _without(plan: Plan, services: Mapping[str, object]) -> Plan:
 
 
 # What a wrapper must declare as the wrapped provider does: the engine and the loader read these.
-CAPABILITIES = ("TYPE", "KIND", "SUPPORTS_WEIGHTS", "MAX_WEIGHT", "Config", "Service")
+CAPABILITIES = (
+    "TYPE",
+    "KIND",
+    "SUPPORTS_WEIGHTS",
+    "MAX_WEIGHT",
+    "PLAN_URGENT_FROM_KNOWN",
+    "WRITE_SPACING",
+    "Config",
+    "Service",
+)
 W = TypeVar("W", bound=Provider)
 
 

@@ -35,6 +35,9 @@ from trafficflip.runtime.state import ChangeRecord
 
 log = logging.getLogger("trafficflip")
 RETRY_BASE, RETRY_CAP = 1.0, 30.0
+# How long answers read or written stay good enough to plan a failover on without a read
+# (providers with PLAN_URGENT_FROM_KNOWN); the reconcile reads far more often than this.
+KNOWN_MAX_AGE = 120.0
 # What a sync writes for a service: its shares and its TTL override.
 Written = tuple[dict[str, int] | None, int | None]
 
@@ -83,6 +86,10 @@ class ProviderSync:
         self._listeners = listeners
         self._after_apply = after_apply
         self._pending: set[str] = set()
+        self._urgent_names: set[str] = set()
+        # Service -> (when, answers) last read from or written to the backend.
+        self._known: dict[str, tuple[float, tuple[Answer, ...]]] = {}
+        self._last_write: float | None = None
         self._urgent = asyncio.Event()
         self._quiet = asyncio.Event()  # set while no call is in flight
         self._quiet.set()
@@ -96,9 +103,11 @@ class ProviderSync:
     def request(self, names: Iterable[str], *, urgent: bool = False) -> None:
         """Sync these services soon; ``urgent`` (a failover) cuts short a backoff wait,
         unless the backend asked us to wait (throttling)."""
+        names = set(names)
         self._pending.update(names)
         self.status.pending = len(self._pending)
         if urgent:
+            self._urgent_names.update(names)
             self._urgent.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work())
@@ -123,11 +132,14 @@ class ProviderSync:
     async def _work(self) -> None:
         while self._pending:
             await self._wait_for_retry()
+            await self._wait_for_spacing()
             batch, self._pending = self._pending, set()
+            urgent = bool(batch & self._urgent_names)
+            self._urgent_names -= batch
             self.status.pending = 0
             self._quiet.clear()
             try:
-                await self.sync(batch)
+                await self.sync(batch, urgent=urgent)
             except Exception as exc:  # never lose the worker: what was pending is retried
                 log.exception("sync_error provider=%s", self.name)
                 self._failed(sorted(batch), exc)
@@ -149,26 +161,56 @@ class ProviderSync:
         self._retry_at = None
         self._urgent.clear()
 
+    async def _wait_for_spacing(self) -> None:
+        """Let decisions gather for the provider's ``WRITE_SPACING`` after the last write."""
+        spacing = self.provider.WRITE_SPACING
+        if spacing <= 0 or self._last_write is None:
+            return
+        delay = self._last_write + spacing - self._clock.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
     # -- one read-plan-apply --------------------------------------------------------------
 
-    async def sync(self, names: Iterable[str], *, apply: bool = True) -> Plan | None:
+    async def sync(
+        self, names: Iterable[str], *, apply: bool = True, urgent: bool = False
+    ) -> Plan | None:
         """Read, plan and (with ``apply``) apply the named services; the plan, or None when
-        the provider failed. A service that cannot be planned is left out, not the batch."""
+        the provider failed. A service that cannot be planned is left out, not the batch.
+        An ``urgent`` batch (a failover) on a provider that allows it is planned from the
+        answers last read or written, without reading first."""
         services = self._services()
         configs = [services[n] for n in sorted(names) if n in services]
         configs = [s for s in configs if self._states[s.name].shares is not None]
         if not configs:
             return Plan()
-        try:
-            actual = await self.provider.read(configs)
-        except ProviderError as exc:
-            self._failed([s.name for s in configs], exc)
-            return None
+        actual = self._known_answers(configs) if urgent and apply else None
+        if actual is None:
+            try:
+                actual = await self.provider.read(configs)
+            except ProviderError as exc:
+                self._failed([s.name for s in configs], exc)
+                return None
+            now = self._clock.now()
+            self._known.update({name: (now, tuple(a)) for name, a in actual.items()})
         planned = {s.name: _written(self._states[s.name]) for s in configs}
         plan = self._plan(configs, actual)
         if not apply:
             return plan
         return await self._apply(plan, configs, planned)
+
+    def _known_answers(
+        self, configs: list[ServiceConfig]
+    ) -> Mapping[str, tuple[Answer, ...]] | None:
+        """Every service's answers last read or written, if the provider plans failovers on
+        them and all are recent; else None (read first)."""
+        if not self.provider.PLAN_URGENT_FROM_KNOWN:
+            return None
+        oldest = self._clock.now() - KNOWN_MAX_AGE
+        known = {s.name: self._known.get(s.name) for s in configs}
+        if any(entry is None or entry[0] < oldest for entry in known.values()):
+            return None
+        return {name: entry[1] for name, entry in known.items() if entry is not None}
 
     def _plan(self, configs: list[ServiceConfig], actual: Mapping[str, Iterable[Answer]]) -> Plan:
         changes: list[Change] = []
@@ -198,11 +240,15 @@ class ProviderSync:
         planned: Mapping[str, Written],
     ) -> Plan | None:
         started = time.monotonic()
+        if plan:
+            self._last_write = self._clock.now()
         try:
             receipt = await self.provider.apply(plan)
         except (ProviderError, UnsafePlanError) as exc:
             self.status.lagging = self.provider.lagging_instances
             failed = set(exc.services) if exc.services else {s.name for s in configs}
+            for name in failed:
+                self._known.pop(name, None)  # what the backend holds is not known now
             # The provider applied the rest of the plan before naming these.
             done = [s for s in configs if s.name not in failed]
             self._applied(plan, done, planned, None)
@@ -222,7 +268,10 @@ class ProviderSync:
         planned: Mapping[str, Written],
         receipt: Receipt | None,
     ) -> None:
+        now = self._clock.now()
         for service in configs:
+            if service.name in plan.desired:
+                self._known[service.name] = (now, tuple(plan.desired[service.name]))
             state = self._states[service.name]
             # Only the shares (and TTL) that were planned count as applied: a decision made
             # while the call was in flight is still pending, and its step hold has not started.
