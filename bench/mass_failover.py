@@ -6,7 +6,7 @@ calls beyond it are answered ``Throttling``). Every service has checks of its ow
 fall 2). Prints, per fleet size: initial convergence (time, change calls) and the mass
 failover (time from the outage to the last record moved, change calls), and throttled calls.
 
-    python bench/mass_failover.py [--services 500 2000] [--quota 5]
+    python bench/mass_failover.py [--services 500 2000] [--quota 5] [--shared-checks]
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from tests.fleet import Fleet  # noqa: E402
 from tests.support import MotoServer  # noqa: E402
 
 
-def run(services: int, quota: float, interval: float, fall: int) -> dict[str, float]:
+def run(
+    services: int, quota: float, interval: float, fall: int, shared: bool
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         moto = MotoServer(Path(tmp) / "moto.log")
         fleet = Fleet(
@@ -33,6 +35,7 @@ def run(services: int, quota: float, interval: float, fall: int) -> dict[str, fl
             calls_per_second=quota,
             interval=interval,
             fall=fall,
+            shared_checks=shared,
         )
         try:
             started = time.monotonic()
@@ -66,16 +69,25 @@ def main() -> None:
     parser.add_argument("--quota", type=float, default=5.0)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--fall", type=int, default=2)
+    parser.add_argument(
+        "--shared-checks",
+        action="store_true",
+        help="one check per site for every service (probed once), not one per service",
+    )
     args = parser.parse_args()
     bound = args.fall * args.interval + 2
-    print(f"quota {args.quota:g} change calls/s, checks every {args.interval:g}s, fall {args.fall}")
+    checks = "one check per site, shared" if args.shared_checks else "each service its own checks"
+    print(
+        f"quota {args.quota:g} change calls/s, checks every {args.interval:g}s, fall {args.fall}, "
+        f"{checks}"
+    )
     print(f"target: failover within {bound:g}s in at most 4 calls, 0 throttled")
     header = (
         f"{'services':>8} {'initial':>9} {'calls':>6} {'failover':>9} {'calls':>6} {'throttled':>9}"
     )
     print(header)
     for count in args.services:
-        r = run(count, args.quota, args.interval, args.fall)
+        r = run(count, args.quota, args.interval, args.fall, args.shared_checks)
         print(
             f"{count:>8} {r['initial_s']:>8.1f}s {r['initial_calls']:>6.0f} "
             f"{r['failover_s']:>8.1f}s {r['failover_calls']:>6.0f} {r['throttled']:>9.0f}"

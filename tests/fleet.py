@@ -77,8 +77,11 @@ class Fleet:
         calls_per_second: float,
         interval: float = 1.0,
         fall: int = 2,
+        shared_checks: bool = False,
     ) -> None:
-        self.tmp, self.count = tmp, services
+        """``shared_checks``: every service checks the same URL per site (probed once, so an
+        outage moves every service at the same moment); else each service has its own."""
+        self.tmp, self.count, self.shared_checks = tmp, services, shared_checks
         self.proxy = CountingProxy(moto.url, max_changes_per_second=calls_per_second)
         self.route53 = moto.client("route53")
         zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference=str(tmp))
@@ -91,7 +94,8 @@ class Fleet:
 
     def _config(self, interval: float, fall: int, calls_per_second: float) -> dict[str, Any]:
         def site(name: str, target: str, server: SiteProcess, i: int) -> dict[str, Any]:
-            url = f"http://127.0.0.1:{server.port}/healthz/s{i}"
+            path = "all" if self.shared_checks else f"s{i}"
+            url = f"http://127.0.0.1:{server.port}/healthz/{path}"
             return {"name": name, "targets": [target], "checks": [{"type": "http", "url": url}]}
 
         return {

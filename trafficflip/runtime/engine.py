@@ -47,6 +47,8 @@ log = logging.getLogger("trafficflip")
 CONFIRM_EVERY = 5.0
 # A decision with one of these moves traffic off a dead site: it cuts short a sync backoff.
 URGENT = frozenset({EventKind.FAILOVER, EventKind.SITE_OUT, EventKind.ALL_DOWN})
+# Services decided by one tick between two yields to the event loop.
+TICK_SLICE = 200
 
 
 @dataclass
@@ -277,7 +279,11 @@ class Engine:
         if self._starting_until is None:
             self._starting_until = self.clock.now() + self._startup_budget
         self.take_commands()
-        for name in list(self.services):
+        for index, name in enumerate(list(self.services)):
+            if index and index % TICK_SLICE == 0:
+                await asyncio.sleep(0)  # probes run between slices of a large fleet
+            if name not in self.services:
+                continue  # removed by a reload meanwhile
             self.end_maintenance(name)
             urgent = self.decide(name)
             self._converge_soon(name, urgent=urgent)

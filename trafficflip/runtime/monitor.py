@@ -6,6 +6,7 @@ Pure bookkeeping: no I/O, no scheduling; the engine feeds it results and asks it
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,11 @@ class ProbeJob:
     key: str
     check: Check
     health: HealthConfig
+    @functools.cached_property
+    def label(self) -> str:
+        """How reasons name the check (``http http://192.0.2.10/healthz``): made once,
+        since every decision of every service reads it."""
+        return self.check.describe()
 
 
 @dataclass
@@ -104,7 +110,7 @@ class HealthMonitor:
         return ServiceHealth(sites, self._combine(runtime.gate_checks, "all").status)
 
     def _combine(self, keys: Sequence[str], require: str) -> SiteHealth:
-        labels = [self.jobs[k].check.describe() for k in keys]
+        labels = [self.jobs[k].label for k in keys]
         return site_health(
             [self.checks[k] for k in keys], "any" if require == "any" else "all", labels
         )
