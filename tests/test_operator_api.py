@@ -12,11 +12,14 @@ import pytest
 from tests.test_engine import Rig
 from trafficflip.config.schema import ApiConfig
 from trafficflip.decision.commands import COMMANDS
+from trafficflip.decision.model import JournalEntry
 from trafficflip.errors import ConfigError
 from trafficflip.operations.api import JOURNAL_MAX, create_app, load_tokens
 from trafficflip.operations.metrics import Metrics
+from trafficflip.operations.snapshot import SnapshotKeeper
 from trafficflip.runtime.probes import Prober
 from trafficflip.runtime.scheduler import Runner
+from trafficflip.runtime.state import WriteBatch
 
 TOKEN = "operator-token-0123"
 
@@ -136,3 +139,23 @@ async def test_summary_counts_phases_and_the_list_keeps_config_order(rig: Rig) -
     assert names == ["www", "s1", "s2"]
     sites = [s["name"] for s in (await api.get("/api/v1/services/www")).json()["sites"]]
     assert sites == ["primary", "dr"]
+
+
+async def test_a_new_leader_reads_its_predecessors_journal_into_its_snapshot() -> None:
+    """A cluster node that takes over reads the history again from the shared store; what it
+    journaled itself and the store does not hold yet is kept."""
+    rig = Rig()
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    keeper = SnapshotKeeper(rig.engine)
+    keeper.seed()
+    # The previous leader's failover, written to the shared store behind this node's back.
+    earlier = JournalEntry(rig.now + 1, "www", "failover", "primary down -> dr", {})
+    rig.store.write(WriteBatch({}, [earlier], {}, {}))
+    local = JournalEntry(rig.now + 2, "www", "command", "hold by test", {})
+    keeper.journaled([local])  # journaled here, not in the store yet
+    assert "failover" not in [e.kind for e in keeper.view("www").journal]
+    rig.engine.listeners.took_over()
+    await keeper.reseed()
+    kinds = [e.kind for e in keeper.view("www").journal]
+    assert kinds[-2:] == ["failover", "command"], kinds

@@ -203,6 +203,7 @@ class ClusterNode:
             log.error("takeover_failed name=%s error=%s", self.name, exc)
             return
         self._led = True
+        self.engine.listeners.took_over()
         log.warning("leading name=%s services=%d", self.name, len(self.engine.services))
         for name in self.engine.services:
             self.engine.request(name)

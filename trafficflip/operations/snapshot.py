@@ -101,6 +101,7 @@ class SnapshotKeeper(EngineListener):
         self._changed = asyncio.Event()
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reseed = False
         self.builds = 0
         self.current = self.build_now()
         engine.listeners.append(self)
@@ -128,6 +129,12 @@ class SnapshotKeeper(EngineListener):
         self._urgent.set()
         self._changed.set()
 
+    def took_over(self) -> None:
+        # The previous leader journaled into the shared store: read it before the next build.
+        self._reseed = True
+        self._urgent.set()
+        self._changed.set()
+
     # -- building ---------------------------------------------------------------------------
 
     def _remember(self, entry: JournalEntry) -> None:
@@ -138,11 +145,30 @@ class SnapshotKeeper(EngineListener):
             self._last_failover = max(entry.at, self._last_failover or entry.at)
 
     def seed(self) -> None:
-        """Load each service's recent journal from the store (once, at start)."""
-        for name, journal in self._journals.items():
+        """Load each service's recent journal from the store (at start)."""
+        self._take(self._stored_journals())
+
+    def _stored_journals(self) -> dict[str, list[JournalEntry]]:
+        return {
+            name: self.engine.store.journal(name, limit=JOURNAL_KEEP) for name in self._journals
+        }
+
+    def _take(self, stored: dict[str, list[JournalEntry]]) -> None:
+        """Replace each service's history with ``stored``, keeping entries journaled here
+        since that were not in the store yet (the writer is behind by a batch)."""
+        for name, entries in stored.items():
+            journal = self._journals.setdefault(name, deque(maxlen=JOURNAL_KEEP))
+            newest = max((e.at for e in entries), default=float("-inf"))
+            recent = [v for v in journal if v.at > newest]
             journal.clear()
-            for entry in self.engine.store.journal(name, limit=JOURNAL_KEEP):
+            for entry in entries:
                 self._remember(entry)
+            journal.extend(recent)
+
+    async def reseed(self) -> None:
+        """Read every journal from the store again, off the event loop (a new leader)."""
+        self._reseed = False
+        self._take(await asyncio.to_thread(self._stored_journals))
 
     def view(self, name: str) -> ServiceView:
         """One service's view built now (after an operator command, which must see it)."""
@@ -202,6 +228,8 @@ class SnapshotKeeper(EngineListener):
             self._changed.clear()
             self._urgent.clear()
             try:
+                if self._reseed:
+                    await self.reseed()
                 await self.rebuild()
             except Exception:  # a failed rebuild keeps the last snapshot; the next may work
                 log.exception("snapshot_error: keeping the previous snapshot")

@@ -29,6 +29,10 @@ class EngineListener:
         """A read-plan-apply of ``provider`` ended; ``apply_seconds`` is None when nothing
         was applied (an empty plan, or a failure before the apply)."""
 
+    def took_over(self) -> None:
+        """This instance became the cluster's leader and took every service's state from
+        the shared store: what it keeps of the history must be read again from there."""
+
 
 class Listeners(list[EngineListener]):
     """The registered listeners; each hook is called on all of them, failures contained."""
@@ -46,6 +50,10 @@ class Listeners(list[EngineListener]):
     ) -> None:
         for listener in self:
             _guard(listener.provider_synced, provider, error, apply_seconds)
+
+    def took_over(self) -> None:
+        for listener in self:
+            _guard(listener.took_over)
 
 
 def _guard(hook: Callable[..., None], *args: object) -> None:
