@@ -8,12 +8,17 @@ from typing import Any
 import pytest
 
 from tests.test_decide import DR100, P100, World, service
+from tests.test_engine import config
+from trafficflip.backend.testing import MemoryProvider
 from trafficflip.config.loader import load_config
 from trafficflip.decision.commands import apply_command
 from trafficflip.decision.maintenance import begin_windows, end_expired, next_window, open_window
+from trafficflip.decision.model import ProbeResult
 from trafficflip.errors import ConfigError
 from trafficflip.operations.views import windows_view
-from trafficflip.runtime.state import state_from_json, state_to_json
+from trafficflip.runtime.clock import Clock
+from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.state import SqliteStateStore, state_from_json, state_to_json
 
 WALL = 1_800_000_000.0  # Friday 2027-01-15 08:00:00Z
 HOUR = 3600.0
@@ -162,3 +167,19 @@ def test_bad_windows_are_config_errors_naming_the_key(window: dict[str, Any], pr
         load_config(data=data)
     text = str(raised.value)
     assert "services[0].maintenance[0]" in text and problem in text, text
+
+
+async def test_a_preview_shows_the_window_open_now() -> None:
+    loaded = config()
+    window = {"site": "primary", "start": "1970-01-01T00:10:00Z", "duration": "1h"}
+    (svc,) = loaded.services
+    svc = type(svc).model_validate({**svc.model_dump(), "maintenance": [window]})
+    clock = Clock(monotonic=lambda: 1000.0, wall=lambda: 1000.0)  # 00:16:40Z: open
+    engine = Engine([svc], SqliteStateStore(":memory:"), {"mem": MemoryProvider()}, clock,
+                    read_only=True)  # fmt: skip
+    for key in engine.jobs:
+        for _ in range(2):
+            engine.observe(key, ProbeResult(True, "ok", 0.001, 1000.0))
+    await engine.converge(list(engine.services), apply=False)
+    kinds = [event.kind for _, event in engine.previewed]
+    assert "maintenance_started" in kinds and "drain_started" in kinds, kinds

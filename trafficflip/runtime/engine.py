@@ -411,6 +411,7 @@ class Engine:
         preview passes ``apply=False``)."""
         names = list(names)
         for name in names:
+            self.end_maintenance(name)  # a preview shows a window open now, as a tick would
             self.decide(name)
         plans = {}
         for provider, members in self._by_provider(names).items():
