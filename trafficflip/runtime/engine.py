@@ -306,7 +306,7 @@ class Engine:
         if decision.state != before or decision.events:
             self.states[name] = decision.state
             self.journal.record(name, decision.events, state=decision.state)
-        self._schedule_wakeup(name)
+        self._schedule_wakeup(name, health)
         return any(e.kind in URGENT for e in decision.events)
 
     def end_maintenance(self, name: str) -> None:
@@ -336,7 +336,7 @@ class Engine:
                 self.journal.record(name, [Event(EventKind.TTL_LOWERED, message)])
         self._schedule_wakeup(name)
 
-    def _schedule_wakeup(self, name: str) -> None:
+    def _schedule_wakeup(self, name: str, health: ServiceHealth | None = None) -> None:
         """Decide again when time alone may change the decision (the 1 s tick would find it
         too, up to a second late)."""
         handle = self._wakeups.pop(name, None)
@@ -345,7 +345,8 @@ class Engine:
         runtime = self.services.get(name)
         if self.read_only or runtime is None:
             return
-        due = next_step_at(runtime.config, self.states[name], self.service_health(name))
+        health = health if health is not None else self.service_health(name)
+        due = next_step_at(runtime.config, self.states[name], health)
         now = self.clock.now()
         if due is None or due <= now:
             return
