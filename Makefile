@@ -53,6 +53,7 @@ bench: $(BIN)/activate system-packages
 	$(BIN)/python bench/probe_service.py --checks 5000 --curve 1,2,4
 	$(BIN)/python bench/bind_flip.py
 	$(BIN)/python bench/mass_failover.py --services 500 2000 --quota 5
+	$(BIN)/python bench/mass_failover.py --services 500 2000 --quota 5 --shared-checks
 
 clean:
 	rm -rf $(VENV) build *.egg-info
