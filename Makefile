@@ -49,6 +49,7 @@ bench: $(BIN)/activate system-packages
 	$(BIN)/python bench/probe_engine.py
 	$(BIN)/python bench/probe_engine.py --check tcp
 	$(BIN)/python bench/probe_clients.py
+	$(BIN)/python bench/probe_parsers.py
 	$(BIN)/python bench/probe_service.py --checks 1000
 	$(BIN)/python bench/probe_service.py --checks 5000 --curve 1,2,4
 	$(BIN)/python bench/bind_flip.py

@@ -23,9 +23,7 @@ from tests.fleet import Fleet  # noqa: E402
 from tests.support import MotoServer  # noqa: E402
 
 
-def run(
-    services: int, quota: float, interval: float, fall: int, shared: bool
-) -> dict[str, float]:
+def run(services: int, quota: float, interval: float, fall: int, shared: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         moto = MotoServer(Path(tmp) / "moto.log")
         fleet = Fleet(

@@ -1,4 +1,4 @@
-"""CPU per HTTP probe for each client path: httpx and the lean h11 probe, on asyncio and uvloop.
+"""CPU per HTTP probe for each client path, httpx and the lean probe, on asyncio and uvloop.
 
 Each combination runs in a fresh process through the real ``Prober`` (timeouts, the in-flight
 bound, the loop monitor, ``ProbeResult``), ``--probes`` probes with ``--in-flight`` at once, a

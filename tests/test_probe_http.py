@@ -1,4 +1,4 @@
-"""HTTP probe details on both paths (lean h11 and httpx): TLS, SNI, HEAD, the body cap,
+"""HTTP probe details on both paths (lean httptools and httpx): TLS, SNI, HEAD, the body cap,
 malformed answers, and which path a check takes. Servers are real loopback sockets."""
 
 from __future__ import annotations
@@ -190,6 +190,28 @@ async def test_chunked_body_and_extra_headers(prober: Prober) -> None:
 async def test_malformed_answers_are_protocol_errors(prober: Prober, answer: bytes) -> None:
     async with RawSite(answer) as site:
         assert (await prober.probe(check(site.url()), 1.0)).reason == "protocol error"
+
+
+async def test_a_body_without_length_ends_when_the_site_closes(prober: Prober) -> None:
+    async with RawSite(b"HTTP/1.0 200 OK\r\n\r\nall good") as site:
+        assert (await prober.probe(check(site.url(), body="good"), 1.0)).reason == "ok"
+
+
+async def test_a_body_cut_short_of_its_length_is_a_protocol_error(prober: Prober) -> None:
+    async with RawSite(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok") as site:
+        assert (await prober.probe(check(site.url(), body="ok"), 1.0)).reason == "protocol error"
+
+
+async def test_an_interim_answer_is_skipped(prober: Prober) -> None:
+    async with RawSite(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"fine")) as site:
+        assert (await prober.probe(check(site.url(), body="fine"), 1.0)).reason == "ok"
+
+
+async def test_a_wrong_status_is_named_without_reading_the_body(prober: Prober) -> None:
+    # The body announced is never sent: reading it would end in a protocol error.
+    answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000000\r\n\r\ndown"
+    async with RawSite(answer) as site:
+        assert (await prober.probe(check(site.url(), body="ok"), 1.0)).reason == "status 503"
 
 
 async def test_status_outside_expectations_is_named(prober: Prober) -> None:

@@ -24,6 +24,7 @@ class ProbeJob:
     key: str
     check: Check
     health: HealthConfig
+
     @functools.cached_property
     def label(self) -> str:
         """How reasons name the check (``http http://192.0.2.10/healthz``): made once,
@@ -120,4 +121,3 @@ class HealthMonitor:
         runtime = self.services[service]
         rise = runtime.config.health.rise
         return all(self.checks[k].settled(rise) for k in runtime.keys)
-

@@ -1,13 +1,16 @@
-"""The lean HTTP/1.1 health probe: one request on a fresh asyncio connection, parsed by ``h11``.
+"""The lean HTTP/1.1 health probe: one request on a fresh connection, the answer parsed by
+``httptools`` (llhttp, Node.js's C parser, as uvicorn uses it).
 
-About a fifth of httpx's CPU per probe (see docs/performance.md): no connection pool to scan,
-no client-side request and response objects, nothing parsed by hand. It covers every
-``HttpCheck`` key (method, ``expect_status``, ``body``/``body_regex`` on a ``MAX_BODY`` prefix,
-``host``, ``headers``, ``verify``, ``sni``, ``max_latency``). A URL carrying credentials
-(``https://user:pass@host/``) takes the httpx path, which turns them into Basic auth.
+About a seventh of httpx's CPU per probe (see docs/performance.md): no connection pool to
+scan, no stream objects, no Python state machine per probe, nothing parsed by hand. The
+request's bytes are written by ``h11`` once per check (``LeanRequest``), the answer is read by
+an ``asyncio.Protocol`` feeding llhttp. It covers every ``HttpCheck`` key (method,
+``expect_status``, ``body``/``body_regex`` on a ``MAX_BODY`` prefix, ``host``, ``headers``,
+``verify``, ``sni``, ``max_latency``). A URL carrying credentials (``https://user:pass@host/``)
+takes the httpx path, which turns them into Basic auth.
 
-The request is prepared once per check (``LeanRequest``); a probe returns a failure reason or
-``None`` and lets exceptions propagate to the ``Prober``, which names them.
+A probe returns a failure reason or ``None`` and lets exceptions propagate to the ``Prober``,
+which names them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import ssl
 from dataclasses import dataclass
 
 import h11
+import httptools
 import httpx
 
 from trafficflip.config.schema import HttpCheck
@@ -25,9 +29,12 @@ from trafficflip.config.schema import HttpCheck
 # Bodies are matched on a bounded prefix: a health page is small, a misrouted one may not be.
 MAX_BODY = 64 * 1024
 USER_AGENT = "trafficflip-probe"
-READ_SIZE = 64 * 1024
 # An unanswered TLS close_notify must not keep a finished probe's transport for asyncio's 30 s.
 TLS_SHUTDOWN_TIMEOUT = 1.0
+
+
+class AnswerError(Exception):
+    """The site's answer was not a complete HTTP response (named "protocol error")."""
 
 
 def lean_supports(check: HttpCheck) -> bool:
@@ -43,8 +50,10 @@ class LeanRequest:
     port: int
     tls: bool
     server_hostname: str | None
-    request: h11.Request
-    want_body: bool
+    payload: bytes
+    expect_status: frozenset[int]
+    # The answer's body is read only when it is matched; a HEAD answer has none to read.
+    read_body: bool
     body_regex: re.Pattern[str] | None
 
     @classmethod
@@ -61,16 +70,22 @@ class LeanRequest:
         if check.host:
             headers["host"] = check.host
         headers["connection"] = "close"
+        # h11 writes (and validates) the request once; every probe sends the same bytes.
+        writer = h11.Connection(h11.CLIENT)
+        request = h11.Request(
+            method=check.method, target=url.raw_path, headers=list(headers.items())
+        )
+        payload = writer.send(request) + writer.send(h11.EndOfMessage())
+        wants_body = check.body is not None or check.body_regex is not None
         return cls(
             host=url.host,
             port=port,
             tls=tls,
             # SNI is the URL's host unless ``sni`` says otherwise; never the Host override.
             server_hostname=(check.sni or url.host) if tls else None,
-            request=h11.Request(
-                method=check.method, target=url.raw_path, headers=list(headers.items())
-            ),
-            want_body=check.body is not None or check.body_regex is not None,
+            payload=payload,
+            expect_status=frozenset(check.expect_status),
+            read_body=wants_body and check.method.upper() != "HEAD",
             body_regex=re.compile(check.body_regex) if check.body_regex is not None else None,
         )
 
@@ -85,8 +100,11 @@ async def lean_http(
     check: HttpCheck, prepared: LeanRequest, contexts: dict[bool, ssl.SSLContext]
 ) -> str | None:
     """Probe ``check`` once: ``None`` when healthy, else the reason. The caller bounds time."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[tuple[int, bytes]] = loop.create_future()
     if prepared.tls:
-        reader, writer = await asyncio.open_connection(
+        transport, _ = await loop.create_connection(
+            lambda: _Exchange(prepared, answer),
             prepared.host,
             prepared.port,
             ssl=contexts[check.verify],
@@ -94,37 +112,87 @@ async def lean_http(
             ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
         )
     else:
-        reader, writer = await asyncio.open_connection(prepared.host, prepared.port)
+        transport, _ = await loop.create_connection(
+            lambda: _Exchange(prepared, answer), prepared.host, prepared.port
+        )
     try:
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=READ_SIZE)
-        writer.write(conn.send(prepared.request) + conn.send(h11.EndOfMessage()))
-        return await _read_response(conn, reader, check, prepared)
+        status, body = await answer
     finally:
-        writer.close()
+        transport.close()
+    if status not in check.expect_status:
+        return f"status {status}"
+    if check.body is None and check.body_regex is None:
+        return None
+    return match_body(check, prepared, body)
 
 
-async def _read_response(
-    conn: h11.Connection, reader: asyncio.StreamReader, check: HttpCheck, prepared: LeanRequest
-) -> str | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(READ_SIZE))
-        elif isinstance(event, h11.Response):
-            if event.status_code not in check.expect_status:
-                return f"status {event.status_code}"
-            if not prepared.want_body:
-                return None
-        elif isinstance(event, h11.Data):
-            chunks.append(event.data)
-            size += len(event.data)
-            if size >= MAX_BODY:
-                break
-        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            break
-    return match_body(check, prepared, b"".join(chunks)[:MAX_BODY])
+class _Exchange(asyncio.Protocol):
+    """Sends the prepared request and resolves ``answer`` with the status and the body prefix
+    as soon as they are known (at the end of the headers when no body is matched)."""
+
+    def __init__(self, prepared: LeanRequest, answer: asyncio.Future[tuple[int, bytes]]) -> None:
+        self.prepared = prepared
+        self.answer = answer
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.body: list[bytes] = []
+        self.body_size = 0
+        # An answer without Content-Length or chunked encoding ends when the site closes.
+        self.framed = False
+
+    # -- transport --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.prepared.payload)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer.done():
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self.answer.done():
+                self.answer.set_exception(AnswerError(str(exc)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answer.done():
+            return
+        if exc is not None:
+            self.answer.set_exception(exc)
+        elif self.status and not self.framed:
+            self._resolve()  # the close ends a body that had no length
+        else:
+            self.answer.set_exception(AnswerError("closed before a complete answer"))
+
+    # -- parser callbacks -------------------------------------------------------------------
+
+    def on_header(self, name: bytes, _value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.framed = False
+            return  # an interim answer (100 Continue): the real one follows
+        self.status = status
+        if not self.prepared.read_body or status not in self.prepared.expect_status:
+            self._resolve()
+
+    def on_body(self, body: bytes) -> None:
+        if self.status and not self.answer.done():
+            self.body.append(body)
+            self.body_size += len(body)
+            if self.body_size >= MAX_BODY:
+                self._resolve()
+
+    def on_message_complete(self) -> None:
+        if self.status:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        if not self.answer.done():
+            self.answer.set_result((self.status, b"".join(self.body)[:MAX_BODY]))
 
 
 def match_body(check: HttpCheck, prepared: LeanRequest, data: bytes) -> str | None:

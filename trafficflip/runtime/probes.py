@@ -2,8 +2,8 @@
 
 HTTP checks take one of two paths (``Prober(http=...)``):
 
-- ``lean`` (the default): ``trafficflip.runtime.probe_http``, h11 over asyncio streams, for
-  every check whose URL has no credentials in it;
+- ``lean`` (the default): ``trafficflip.runtime.probe_http``, an ``asyncio.Protocol`` feeding
+  llhttp (``httptools``), for every check whose URL has no credentials in it;
 - ``httpx``: the shared ``httpx.AsyncClient`` (a client per request leaks sockets), for URLs
   with ``user:pass@`` (Basic auth), and for every check when ``http="httpx"``. Certificate
   verification is a client setting in httpx, so checks with ``verify: false`` share a second
@@ -30,7 +30,6 @@ import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
-import h11
 import httpx
 
 from trafficflip.config.schema import Check, DnsCheck, HttpCheck, TcpCheck, split_host_port
@@ -38,6 +37,7 @@ from trafficflip.decision.model import ProbeResult
 from trafficflip.runtime.probe_http import (
     MAX_BODY,
     USER_AGENT,
+    AnswerError,
     LeanRequest,
     lean_http,
     lean_supports,
@@ -253,7 +253,7 @@ def _describe_error(exc: BaseException) -> str:
         return "connect refused"
     if isinstance(cause, ssl.SSLError) or "certificate" in str(exc).lower():
         return "tls error"
-    if isinstance(exc, httpx.RemoteProtocolError | h11.ProtocolError):
+    if isinstance(exc, httpx.RemoteProtocolError | AnswerError):
         return "protocol error"
     if isinstance(exc, httpx.ConnectError | OSError):
         return "connect error"
