@@ -53,6 +53,7 @@ from trafficflip.operations.views import (
 )
 from trafficflip.runtime import eventloop
 from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.memory import freeze_startup_objects
 from trafficflip.runtime.monitor import ProbeJob
 from trafficflip.runtime.probes import Prober
 from trafficflip.runtime.reload import Reloader
@@ -171,6 +172,7 @@ async def serve(config: Config, path: str | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)
     loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    freeze_startup_objects()  # short collector pauses: probes stay on time (runtime/memory.py)
     try:
         await runner.run()
     finally:

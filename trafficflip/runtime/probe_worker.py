@@ -22,6 +22,7 @@ from trafficflip.config.schema import Check, HealthConfig
 from trafficflip.decision.model import ProbeResult
 from trafficflip.logs import setup_logging
 from trafficflip.runtime import eventloop
+from trafficflip.runtime.memory import freeze_startup_objects
 from trafficflip.runtime.probe_scheduler import MonotonicScheduler
 from trafficflip.runtime.probes import Prober
 
@@ -84,6 +85,7 @@ async def serve(shard: dict[str, Any], stdin: asyncio.StreamReader) -> None:
         run = _job(prober, pipe, index, check, health.timeout)
         jobs.append((f"probe:{index}", health.interval, run))
     scheduler.add_spread(jobs)
+    freeze_startup_objects()  # short collector pauses: probes stay on time
     scheduler.start()
     try:
         while await stdin.read(4096):
