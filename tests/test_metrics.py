@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.factories import PRIMARY_TARGET, service, site
 from tests.service import PRIMARY, STANDBY, Service
 from tests.support import MotoServer, wait_until
-from tests.test_engine import Rig
+from tests.test_engine import Rig, config
+from trafficflip.decision.model import ProbeResult
 from trafficflip.errors import PermanentProviderError
 from trafficflip.operations.metrics import Metrics, reason_label
 from trafficflip.runtime.probes import Prober
@@ -105,6 +108,46 @@ async def test_provider_errors_by_kind_and_provider_up() -> None:
         "trafficflip_provider_apply_duration_seconds_count",
         frozenset({("provider", "mem")}),
     ) not in m
+    await prober.close()
+
+
+async def test_probes_are_counted_per_check_in_latency_buckets_and_by_reason() -> None:
+    rig = Rig()
+    prober = Prober()
+    metrics = Metrics(rig.engine, Runner(rig.engine, prober, reconcile_interval=30))
+    primary = next(key for key in rig.engine.jobs if "127.0.0.1:1" in key)
+    label = rig.engine.jobs[primary].label
+    for latency in (0.005, 0.3, 7.0):  # on a bound, inside one, beyond the last
+        rig.engine.observe(primary, ProbeResult(True, "ok", latency, rig.now))
+    rig.engine.observe(primary, ProbeResult(False, "slow 812ms > 500ms", 0.812, rig.now))
+    rig.engine.observe(primary, ProbeResult(False, "slow 900ms > 500ms", 0.9, rig.now))
+    rig.engine.observe("a check a reload removed", ProbeResult(True, "ok", 0.1, rig.now))
+    m = parse(metrics.exposition()[0].decode())
+    buckets = "trafficflip_probe_duration_seconds_bucket"
+    assert value(m, buckets, check=label, le="0.005") == 1
+    assert value(m, buckets, check=label, le="0.25") == 1
+    assert value(m, buckets, check=label, le="0.5") == 2
+    assert value(m, buckets, check=label, le="1.0") == 4
+    assert value(m, buckets, check=label, le="+Inf") == 5
+    assert value(m, "trafficflip_probe_duration_seconds_count", check=label) == 5
+    assert round(value(m, "trafficflip_probe_duration_seconds_sum", check=label), 3) == 9.017
+    assert value(m, "trafficflip_probe_failures_total", check=label, reason="slow") == 2
+    await prober.close()
+
+
+async def test_a_check_added_by_a_reload_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig()
+    prober = Prober()
+    metrics = Metrics(rig.engine, Runner(rig.engine, prober, reconcile_interval=30))
+    added_site = site("primary", PRIMARY_TARGET, 7)
+    bigger = [*config().services, service("s1", provider="mem", sites=[added_site])]
+    rig.engine.reload(bigger, {"mem": rig.provider})
+    added = next(key for key in rig.engine.jobs if "127.0.0.1:7" in key)
+    rig.engine.observe(added, ProbeResult(False, "connect refused", 0.001, rig.now))
+    m = parse(metrics.exposition()[0].decode())
+    label = rig.engine.jobs[added].label
+    assert value(m, "trafficflip_probe_failures_total", check=label, reason="connect refused")
+    assert "listener_error" not in caplog.text
     await prober.close()
 
 

@@ -47,7 +47,6 @@ from trafficflip.operations.status import (
 from trafficflip.operations.views import (
     JOURNAL_KEEP,
     ServiceView,
-    describe_check,
     journal_view,
     stored_view,
 )
@@ -224,7 +223,7 @@ async def preview_plan(config: Config) -> str:
 def _render_preview(engine: Engine, plans: Mapping[str, Plan]) -> str:
     lines = []
     undecided = [
-        f"  {describe_check(engine.jobs[key].check)}: {health.reason}"
+        f"  {engine.jobs[key].label}: {health.reason}"
         for key, health in engine.checks.items()
         if health.status is Status.UNKNOWN
     ]

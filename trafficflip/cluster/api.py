@@ -18,7 +18,6 @@ from prometheus_client.registry import Collector
 from trafficflip.cluster.node import ClusterNode
 from trafficflip.decision.model import Status
 from trafficflip.operations.api import readers
-from trafficflip.operations.views import describe_check
 
 
 def snapshot(node: ClusterNode) -> dict[str, Any]:
@@ -36,7 +35,7 @@ def snapshot(node: ClusterNode) -> dict[str, Any]:
     ]
     votes = [
         {
-            "check": describe_check(node.local.jobs[key].check),
+            "check": node.local.jobs[key].label,
             "status": node.votes[check].status.value if check in node.votes else "unknown",
             "needed": node.votes[check].needed if check in node.votes else None,
             "votes": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
@@ -19,18 +20,19 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from trafficflip.decision.model import EventKind, JournalEntry, ProbeResult
 from trafficflip.operations.snapshot import Snapshot
-from trafficflip.operations.views import describe_check
 from trafficflip.runtime.engine import Engine, EngineListener
 from trafficflip.runtime.scheduler import Runner
 
 # The ``site`` label of a failback gate's check.
 GATES_LABEL = "gates"
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Each bucket's ``le`` label, written as prometheus_client writes it.
+PROBE_BUCKET_LABELS = (*(repr(bound) for bound in PROBE_BUCKETS), "+Inf")
 APPLY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 FAILBACK_OUTCOMES = {
     EventKind.FAILBACK_STARTED: "started",
@@ -60,19 +62,9 @@ class Metrics(EngineListener):
 
     def __init__(self, engine: Engine, runner: Runner) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._checks = {key: describe_check(job.check) for key, job in engine.jobs.items()}
-        self._probe_histograms: dict[str, Histogram] = {}
         r = self.registry
-        self.probe_seconds = Histogram(
-            "trafficflip_probe_duration_seconds",
-            "Probe latency",
-            ["check"],
-            buckets=PROBE_BUCKETS,
-            registry=r,
-        )
-        self.probe_failures = Counter(
-            "trafficflip_probe_failures", "Failed probes by reason", ["check", "reason"], registry=r
-        )
+        self.probes = ProbeTallies(engine)
+        r.register(self.probes)
         self.events = Counter(
             "trafficflip_journal_events", "Journal entries by kind", ["service", "kind"], registry=r
         )
@@ -125,14 +117,7 @@ class Metrics(EngineListener):
     # -- EngineListener ---------------------------------------------------------------------
 
     def probed(self, key: str, result: ProbeResult) -> None:
-        # The hottest hook (every probe): the labelled child is looked up once per check,
-        # not on every probe (``labels()`` takes a lock and builds the label tuple).
-        histogram = self._probe_histograms.get(key)
-        if histogram is None:
-            histogram = self._probe_histograms[key] = self.probe_seconds.labels(self._checks[key])
-        histogram.observe(result.latency)
-        if not result.ok:
-            self.probe_failures.labels(self._checks[key], reason_label(result.reason)).inc()
+        self.probes.count(key, result)
 
     def journaled(self, entries: Sequence[JournalEntry]) -> None:
         for entry in entries:
@@ -154,6 +139,66 @@ class Metrics(EngineListener):
         if error is not None:
             kind = str(getattr(error, "kind", "") or type(error).__name__)
             self.provider_errors.labels(provider, kind).inc()
+
+
+class _Latencies:
+    """One check's probe latencies: a count per ``PROBE_BUCKETS`` bucket (and +Inf), a sum."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(PROBE_BUCKETS) + 1)
+        self.total = 0.0
+
+
+class ProbeTallies(Collector):
+    """Probe latencies and failures per check, counted in plain integers on the hottest path
+    (every probe) and made Prometheus families only when scraped. prometheus_client's
+    ``Histogram.observe`` takes a lock for the sum and for the bucket on every call; at
+    1,000 probes/s that was a tenth of the service's CPU beside the probes themselves.
+
+    Counting and scraping run in one thread (the event loop's); a scrape from another thread
+    would see each check's counts as they were at one moment, copied under the GIL."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._by_key: dict[str, tuple[str, _Latencies]] = {}
+        # Identical checks (same type and address) share a label, and so their counts.
+        self._by_label: dict[str, _Latencies] = {}
+        self._failures: dict[tuple[str, str], int] = {}
+
+    def count(self, key: str, result: ProbeResult) -> None:
+        entry = self._by_key.get(key)
+        if entry is None:
+            job = self._engine.jobs.get(key)
+            if job is None:
+                return  # the probe of a check that a reload removed meanwhile
+            latencies = self._by_label.setdefault(job.label, _Latencies())
+            entry = self._by_key[key] = (job.label, latencies)
+        label, latencies = entry
+        latencies.buckets[bisect_left(PROBE_BUCKETS, result.latency)] += 1
+        latencies.total += result.latency
+        if not result.ok:
+            failure = (label, reason_label(result.reason))
+            self._failures[failure] = self._failures.get(failure, 0) + 1
+
+    def collect(self) -> Iterator[HistogramMetricFamily | CounterMetricFamily]:
+        seconds = HistogramMetricFamily(
+            "trafficflip_probe_duration_seconds", "Probe latency", labels=["check"]
+        )
+        for label, latencies in list(self._by_label.items()):
+            counts, cumulative, buckets = list(latencies.buckets), 0, []
+            for bound, count in zip(PROBE_BUCKET_LABELS, counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            seconds.add_metric([label], buckets, latencies.total)
+        yield seconds
+        failures = CounterMetricFamily(
+            "trafficflip_probe_failures", "Failed probes by reason", labels=["check", "reason"]
+        )
+        for (label, reason), count in list(self._failures.items()):
+            failures.add_metric([label, reason], count)
+        yield failures
 
 
 class StateCollector(Collector):

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import httpx
 from pydantic import BaseModel, Field
 
-from trafficflip.config.schema import Check, DnsCheck, HttpCheck, ServiceConfig, TcpCheck
+from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.decide import next_step_at, site_order
 from trafficflip.decision.health import CheckHealth
 from trafficflip.decision.maintenance import next_window
@@ -153,18 +152,6 @@ def _sync(change: ChangeView | None) -> str:
     return f"lagging since {clock_text(change.submitted_at)}"
 
 
-def describe_check(check: Check) -> str:
-    """A check as ``type address``, never with credentials, query strings or headers."""
-    if isinstance(check, HttpCheck):
-        url = httpx.URL(check.url)
-        port = f":{url.port}" if url.port else ""
-        return f"{check.type} {url.scheme}://{url.host}{port}{url.path}"
-    if isinstance(check, TcpCheck):
-        return f"tcp {check.address}"
-    assert isinstance(check, DnsCheck)
-    return f"dns {check.name} {check.rdtype} @{check.server}"
-
-
 TIMELINE_SPAN = 3600.0
 # Journal entries a view carries at most: the API's largest page, and an hour of a
 # flapping service's timeline.
@@ -175,7 +162,7 @@ def check_view(engine: Engine, key: str, to_wall: Callable[[float], float]) -> C
     health: CheckHealth = engine.checks[key]
     last = health.last
     return CheckView.model_construct(
-        check=describe_check(engine.jobs[key].check),
+        check=engine.jobs[key].label,
         status=health.status.value,
         reason=health.reason,
         since=None if health.since is None else to_wall(health.since),
