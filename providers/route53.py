@@ -181,15 +181,17 @@ class Route53Provider(Provider):
         change_ids: list[str] = []
         in_sync = True
         for zone_id, changes in by_zone.items():
-            for batch in _batches([self._change(c) for c in changes]):
-                info = await self._submit(zone_id, batch, owners)
-                change_ids.append(info["Id"])
-                in_sync = in_sync and info["Status"] == "INSYNC"
+            for batch in _batches([self._change(c, plan.read_first) for c in changes]):
+                for info in await self._submit(zone_id, batch, owners):
+                    change_ids.append(info["Id"])
+                    in_sync = in_sync and info["Status"] == "INSYNC"
         return Receipt(self.name, tuple(change_ids), time.time(), in_sync)
 
     async def _submit(
         self, zone_id: str, batch: list[dict[str, Any]], owners: Mapping[str, str]
-    ) -> dict[str, Any]:
+    ) -> list[dict[str, Any]]:
+        """Send one batch; the ChangeInfo of each call it took (more than one only when
+        Route53 refused it)."""
         try:
             reply = await self._call(
                 "ChangeResourceRecordSets",
@@ -198,6 +200,17 @@ class Route53Provider(Provider):
                 ChangeBatch={"Changes": batch},
             )
         except PermanentProviderError as exc:
+            if any(c["Action"] == "CREATE" for c in batch):
+                # Most likely a record set created since the read, by another writer: the
+                # same answers as UPSERTs write over it. Any other fault fails again below.
+                log.warning("create_refused zone=%s: %s; writing as UPSERT", zone_id, exc)
+                upserts = [
+                    {**c, "Action": "UPSERT"} if c["Action"] == "CREATE" else c for c in batch
+                ]
+                infos = []
+                for again in _batches(upserts):
+                    infos.extend(await self._submit(zone_id, again, owners))
+                return infos
             names = {c["ResourceRecordSet"]["Name"] for c in batch}
             if len(names) == 1:
                 exc.services = frozenset(owners.get(_fqdn(n), n) for n in names)
@@ -206,28 +219,28 @@ class Route53Provider(Provider):
             log.warning("batch_rejected zone=%s names=%d splitting", zone_id, len(names))
             return await self._submit_per_name(zone_id, batch, owners)
         info: dict[str, Any] = reply["ChangeInfo"]
-        return info
+        return [info]
 
     async def _submit_per_name(
         self, zone_id: str, batch: list[dict[str, Any]], owners: Mapping[str, str]
-    ) -> dict[str, Any]:
+    ) -> list[dict[str, Any]]:
         per_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for change in batch:
             per_name[change["ResourceRecordSet"]["Name"]].append(change)
         errors: list[PermanentProviderError] = []
-        last: dict[str, Any] = {}
+        infos: list[dict[str, Any]] = []
         for changes in per_name.values():
             try:
-                last = await self._submit(zone_id, changes, owners)
+                infos.extend(await self._submit(zone_id, changes, owners))
             except PermanentProviderError as exc:
                 errors.append(exc)
         if errors:
             failed = frozenset(s for e in errors for s in e.services or ())
             text = "; ".join(str(e) for e in errors)
             raise PermanentProviderError(text, kind=errors[0].kind, services=failed)
-        return last
+        return infos
 
-    def _change(self, change: Change) -> dict[str, Any]:
+    def _change(self, change: Change, read_first: bool) -> dict[str, Any]:
         service = change.service
         if change.action == "delete":
             raw = self._raw[(service.name, change.before.site if change.before else None)]
@@ -242,6 +255,12 @@ class Route53Provider(Provider):
             "TTL": after.ttl,
             "ResourceRecords": [{"Value": v} for v in sorted(after.targets)],
         }
+        if change.action == "create" and read_first:
+            # A record set the read just found absent: CREATE counts once against the
+            # 1,000 records of a call where UPSERT counts twice, so a first deployment of
+            # 2,000 services takes 4 calls, not 8. Should another writer have created it
+            # since, the call fails, and the retry reads again and updates it.
+            return {"Action": "CREATE", "ResourceRecordSet": record_set}
         # UPSERT keeps the call idempotent: re-sending after a lost reply changes nothing.
         return {"Action": "UPSERT", "ResourceRecordSet": record_set}
 

@@ -251,6 +251,53 @@ async def test_initial_convergence_of_250_services_takes_four_calls(
     assert held["primary"]["Weight"] == 100 and held["dr"]["Weight"] == 0
 
 
+async def test_a_first_deployment_read_first_creates_2_records_per_service_in_one_count(
+    zone_id: str, proxy: CountingProxy
+) -> None:
+    """500 services read and found absent: 1,000 CREATEs are 1,000 records as Route53
+    counts them (an UPSERT counts twice), so one change call; the flip after is UPSERTs."""
+    provider = Route53Provider.create("aws", Route53Config(type="route53"))
+    services = [service(f"s{i:03d}") for i in range(500)]
+    actual = await provider.read(services)
+    shares = {"primary": 100, "dr": 0}
+    items = [(s, render(s, shares, weighted=True), actual[s.name]) for s in services]
+    assert await provider.apply(plan_services(items, read_first=True)) is not None
+    assert (proxy.changes, proxy.throttled) == (1, 0)
+    assert record_sets(zone_id, "s499.example.com.")["primary"]["Weight"] == 100
+    actual = await provider.read(services)
+    flipped = {"primary": 0, "dr": 100}
+    items = [(s, render(s, flipped, weighted=True), actual[s.name]) for s in services]
+    assert await provider.apply(plan_services(items, read_first=True)) is not None
+    assert (proxy.changes, proxy.throttled) == (3, 0)  # 2,000 counted: two more calls
+    assert record_sets(zone_id, "s499.example.com.")["dr"]["Weight"] == 100
+
+
+async def test_a_record_set_created_since_the_read_is_written_over(
+    zone_id: str, proxy: CountingProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = Route53Provider.create("aws", Route53Config(type="route53"))
+    services = [service("www"), service("api")]
+    actual = await provider.read(services)
+    # Another writer (say, a second instance) creates one of the record sets between our
+    # read and our write. moto refuses a CREATE only when it repeats an earlier one exactly,
+    # as real Route53 refuses any CREATE of an existing record set.
+    other = {"Name": "api.example.com.", "Type": "A", "SetIdentifier": "primary", "Weight": 100}
+    other |= {"TTL": 30, "ResourceRecords": [{"Value": "192.0.2.10"}]}
+    boto3.client("route53").change_resource_record_sets(
+        HostedZoneId=zone_id,
+        ChangeBatch={"Changes": [{"Action": "CREATE", "ResourceRecordSet": other}]},
+    )
+    shares = {"primary": 100, "dr": 0}
+    items = [(s, render(s, shares, weighted=True), actual[s.name]) for s in services]
+    receipt = await provider.apply(plan_services(items, read_first=True))
+    assert receipt is not None and await provider.confirm(receipt)
+    for name in ("www.example.com.", "api.example.com."):
+        held = record_sets(zone_id, name)
+        assert (held["primary"]["Weight"], held["dr"]["Weight"]) == (100, 0)
+    assert proxy.changes == 3  # the other writer's, our refused CREATEs, the same as UPSERTs
+    assert "create_refused" in caplog.text
+
+
 async def test_one_more_service_splits_at_the_documented_limit(
     zone_id: str, proxy: CountingProxy
 ) -> None:

@@ -26,6 +26,7 @@ class QuotaProvider(MemoryProvider):
         self.reads = 0
         self.fail_next_apply = False
         self.write_times: list[float] = []
+        self.read_first: list[bool] = []
         # Declared per instance here; real adapters declare them on the class.
         self.PLAN_URGENT_FROM_KNOWN = from_known  # type: ignore[misc]
         self.WRITE_SPACING = spacing  # type: ignore[misc]
@@ -36,6 +37,7 @@ class QuotaProvider(MemoryProvider):
 
     async def _apply(self, plan: Any) -> Any:
         self.write_times.append(time.monotonic())
+        self.read_first.append(plan.read_first)
         if self.fail_next_apply:
             self.fail_next_apply = False
             raise TransientProviderError("connection reset")
@@ -62,6 +64,8 @@ async def test_a_failover_is_written_without_a_read_where_the_provider_allows(
     await rig.settle()
     assert provider.weights("www") == {"primary": 0, "dr": 100}
     assert provider.reads == reads + (0 if from_known else 1)
+    # Only a plan made from a read may tell the adapter that what it creates is absent.
+    assert provider.read_first == [True, not from_known]
     await rig.reconcile()  # the reconcile always reads: drift is still found
     assert provider.reads == reads + (1 if from_known else 2)
 

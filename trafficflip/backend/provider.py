@@ -208,7 +208,7 @@ def _without(plan: Plan, services: Mapping[str, object]) -> Plan:
         return plan
     changes = tuple(c for c in plan.changes if c.service.name not in services)
     desired = {k: v for k, v in plan.desired.items() if k not in services}
-    return Plan(changes, desired)
+    return Plan(changes, desired, plan.read_first)
 
 
 # What a wrapper must declare as the wrapped provider does: the engine and the loader read these.

@@ -62,6 +62,9 @@ class Plan:
 
     changes: tuple[Change, ...] = ()
     desired: Mapping[str, tuple[Answer, ...]] = field(default_factory=dict)
+    # True when the answers changed from were read from the backend for this plan, not
+    # remembered: only then is a "create" known to find nothing in its way.
+    read_first: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -160,16 +163,22 @@ def diff(
 
 def plan_services(
     items: Iterable[tuple[ServiceConfig, tuple[Answer, ...], Iterable[Answer]]],
+    *,
+    read_first: bool = False,
 ) -> Plan:
     """The plan for (service, desired answers, actual answers) triples."""
     items = list(items)
     changes = [c for service, desired, actual in items for c in diff(service, desired, actual)]
-    return make_plan(changes, {service.name: desired for service, desired, _ in items})
+    desired = {service.name: desired for service, desired, _ in items}
+    return make_plan(changes, desired, read_first=read_first)
 
 
 def make_plan(
-    changes: Iterable[Change], desired: Mapping[str, tuple[Answer, ...]] | None = None
+    changes: Iterable[Change],
+    desired: Mapping[str, tuple[Answer, ...]] | None = None,
+    *,
+    read_first: bool = False,
 ) -> Plan:
     """Sort the changes: by service, deletes first (a takeover deletes before it creates)."""
     ordered = sorted(changes, key=lambda c: (c.service.name, c.action != "delete", c.site or ""))
-    return Plan(tuple(ordered), dict(desired or {}))
+    return Plan(tuple(ordered), dict(desired or {}), read_first)

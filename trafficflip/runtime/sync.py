@@ -185,6 +185,7 @@ class ProviderSync:
         if not configs:
             return Plan()
         actual = self._known_answers(configs) if urgent and apply else None
+        read_first = actual is None
         if actual is None:
             try:
                 actual = await self.provider.read(configs)
@@ -194,7 +195,7 @@ class ProviderSync:
             now = self._clock.now()
             self._known.update({name: (now, tuple(a)) for name, a in actual.items()})
         planned = {s.name: _written(self._states[s.name]) for s in configs}
-        plan = self._plan(configs, actual)
+        plan = self._plan(configs, actual, read_first=read_first)
         if not apply:
             return plan
         return await self._apply(plan, configs, planned)
@@ -212,7 +213,13 @@ class ProviderSync:
             return None
         return {name: entry[1] for name, entry in known.items() if entry is not None}
 
-    def _plan(self, configs: list[ServiceConfig], actual: Mapping[str, Iterable[Answer]]) -> Plan:
+    def _plan(
+        self,
+        configs: list[ServiceConfig],
+        actual: Mapping[str, Iterable[Answer]],
+        *,
+        read_first: bool,
+    ) -> Plan:
         changes: list[Change] = []
         desired: dict[str, tuple[Answer, ...]] = {}
         for service in configs:
@@ -231,7 +238,7 @@ class ProviderSync:
             except Exception as exc:  # one broken service must not block the provider's others
                 log.exception("plan_error service=%s", service.name)
                 self._journal.error(service.name, f"cannot plan: {type(exc).__name__}: {exc}")
-        return make_plan(changes, desired)
+        return make_plan(changes, desired, read_first=read_first)
 
     async def _apply(
         self,
