@@ -58,7 +58,7 @@ class ClusterEngine(Engine):
         before = self.monitor.checks.get(key)
         if before is None:
             return
-        self.monitor.checks[key] = health
+        self.monitor.put(key, health)
         rise = self.monitor.jobs[key].health.rise
         if health.status is not before.status or health.settled(rise) != before.settled(rise):
             for name in self.monitor.subscribers[key]:

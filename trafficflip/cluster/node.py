@@ -139,7 +139,7 @@ class ClusterNode:
         health = self.local.jobs[key].health
         before = self.local.checks[key]
         after = observe(before, result, rise=health.rise, fall=health.fall)
-        self.local.checks[key] = after
+        self.local.put(key, after)
         if after.status is not before.status:
             self._dirty.add(key)
             self._wake.set()
