@@ -78,10 +78,13 @@ class Fleet:
         interval: float = 1.0,
         fall: int = 2,
         shared_checks: bool = False,
+        api: bool = False,
     ) -> None:
         """``shared_checks``: every service checks the same URL per site (probed once, so an
-        outage moves every service at the same moment); else each service has its own."""
+        outage moves every service at the same moment); else each service has its own.
+        ``api``: serve the operator API (with its status snapshot) on ``api_url``."""
         self.tmp, self.count, self.shared_checks = tmp, services, shared_checks
+        self.api_url = f"http://127.0.0.1:{free_port()}" if api else None
         self.proxy = CountingProxy(moto.url, max_changes_per_second=calls_per_second)
         self.route53 = moto.client("route53")
         zone = self.route53.create_hosted_zone(Name="example.com.", CallerReference=str(tmp))
@@ -102,7 +105,11 @@ class Fleet:
             "state": f"sqlite:///{self.tmp / 'fleet.db'}",
             "reconcile_interval": "60s",
             "log_level": "info",
-            "api": {"enabled": False},
+            "api": (
+                {"listen": self.api_url.removeprefix("http://")}
+                if self.api_url
+                else {"enabled": False}
+            ),
             "providers": {"aws": {"type": "route53", "max_calls_per_second": calls_per_second}},
             "services": [
                 {
