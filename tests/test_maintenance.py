@@ -14,6 +14,7 @@ from trafficflip.decision.commands import apply_command
 from trafficflip.decision.maintenance import end_expired, next_expiry
 from trafficflip.decision.model import Expiry, ServiceState
 from trafficflip.errors import CommandError
+from trafficflip.runtime import engine as engine_module
 from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.state import state_from_json, state_to_json
 
@@ -169,3 +170,29 @@ def test_the_cli_refuses_an_end_in_the_past_before_sending(
     hhmm = cli.maintenance_end(None, "00:00")["until"]
 
     assert isinstance(hhmm, float) and 0 < hhmm - time.time() <= 86400
+
+
+async def test_a_large_fleet_is_gone_through_over_several_ticks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each tick visits at most TICK_SERVICES services, in turn: with 2 a tick and 5 services,
+    # every drain due has ended after three ticks, and none before its turn.
+    monkeypatch.setattr(engine_module, "TICK_SERVICES", 2)
+    rig = Rig(services=5)
+    names = list(rig.engine.services)
+    rig.probe("primary", True), rig.probe("dr", True)
+    await rig.settle()
+    for name in names:
+        rig.store.submit(name, "drain", {"site": "primary", "for": "10m"}, "cli")
+    rig.engine.take_commands()
+    await rig.settle()
+    rig.now += 600
+
+    def ended() -> set[str]:
+        return {n for n in names if not rig.engine.states[n].expiries}
+
+    turns = []
+    for _ in range(3):
+        await rig.tick()
+        turns.append(len(ended()))
+    assert turns == [2, 4, 5]

@@ -16,7 +16,7 @@ from trafficflip.decision.model import JournalEntry
 from trafficflip.errors import ConfigError
 from trafficflip.operations.api import JOURNAL_MAX, create_app, load_tokens
 from trafficflip.operations.metrics import Metrics
-from trafficflip.operations.snapshot import SnapshotKeeper
+from trafficflip.operations.snapshot import STALE, URGENT, SnapshotKeeper
 from trafficflip.runtime.probes import Prober
 from trafficflip.runtime.scheduler import Runner
 from trafficflip.runtime.state import WriteBatch
@@ -159,3 +159,15 @@ async def test_a_new_leader_reads_its_predecessors_journal_into_its_snapshot() -
     await keeper.reseed()
     kinds = [e.kind for e in keeper.view("www").journal]
     assert kinds[-2:] == ["failover", "command"], kinds
+
+
+async def test_a_slow_rebuild_spaces_the_next_ones() -> None:
+    """A rebuild of a large fleet takes long: the snapshot waits longer after it, so it uses
+    a bounded share of the event loop. A small fleet's waits stay at URGENT and STALE."""
+    rig = Rig(services=3)
+    keeper = SnapshotKeeper(rig.engine)
+    await keeper.rebuild()
+    assert keeper.build_seconds < 0.01
+    assert keeper.waits() == (URGENT, STALE)
+    keeper.build_seconds = 1.5  # what 5,000 services took (bench/fleet_size.py)
+    assert keeper.waits() == (3.0, 15.0)

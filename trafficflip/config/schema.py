@@ -397,8 +397,9 @@ class ServiceConfig(BaseModel):
         assert isinstance(cache.keys, model)
         return cache.keys
 
-    @property
+    @functools.cached_property
     def site_names(self) -> tuple[str, ...]:
+        # Cached: every decision reads it several times (a frozen model: sites never change).
         return tuple(s.name for s in self.sites)
 
 
