@@ -55,6 +55,7 @@ bench: $(BIN)/activate system-packages
 	$(BIN)/python bench/bind_flip.py
 	$(BIN)/python bench/mass_failover.py --services 500 2000 --quota 5
 	$(BIN)/python bench/mass_failover.py --services 500 2000 --quota 5 --shared-checks
+	$(BIN)/python bench/fleet_size.py --services 1000 5000 10000
 
 clean:
 	rm -rf $(VENV) build *.egg-info

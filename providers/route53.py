@@ -21,7 +21,7 @@ from trafficflip.config.durations import Duration
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Change, Plan
-from trafficflip.errors import PermanentProviderError
+from trafficflip.errors import PermanentProviderError, ProviderError
 
 from . import _aws as aws
 
@@ -178,13 +178,29 @@ class Route53Provider(Provider):
         for change in plan.changes:
             by_zone[await self.zone_id(str(change.service.zone))].append(change)
         owners = {_fqdn(str(c.service.record)): c.service.name for c in plan.changes}
+        batches = [
+            (zone_id, batch)
+            for zone_id, changes in by_zone.items()
+            for batch in _batches([self._change(c, plan.read_first) for c in changes])
+        ]
         change_ids: list[str] = []
         in_sync = True
-        for zone_id, changes in by_zone.items():
-            for batch in _batches([self._change(c, plan.read_first) for c in changes]):
-                for info in await self._submit(zone_id, batch, owners):
-                    change_ids.append(info["Id"])
-                    in_sync = in_sync and info["Status"] == "INSYNC"
+        for index, (zone_id, batch) in enumerate(batches):
+            try:
+                infos = await self._submit(zone_id, batch, owners)
+            except ProviderError as exc:
+                if exc.services is None:
+                    # The batches before this one were applied: only this one (which may or
+                    # may not have been, after a timeout) and those not sent are to retry.
+                    exc.services = frozenset(
+                        owners[_fqdn(c["ResourceRecordSet"]["Name"])]
+                        for _, unsent in batches[index:]
+                        for c in unsent
+                    )
+                raise
+            for info in infos:
+                change_ids.append(info["Id"])
+                in_sync = in_sync and info["Status"] == "INSYNC"
         return Receipt(self.name, tuple(change_ids), time.time(), in_sync)
 
     async def _submit(

@@ -169,5 +169,5 @@ async def test_a_slow_rebuild_spaces_the_next_ones() -> None:
     await keeper.rebuild()
     assert keeper.build_seconds < 0.01
     assert keeper.waits() == (URGENT, STALE)
-    keeper.build_seconds = 1.5  # what 5,000 services took (bench/fleet_size.py)
+    keeper.build_seconds = 1.5  # a fleet of several thousand services
     assert keeper.waits() == (3.0, 15.0)

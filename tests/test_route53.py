@@ -339,6 +339,24 @@ async def test_a_throttling_answer_is_raised_not_retried_by_botocore(
     assert provider.budget.bucket.available(provider.budget.clock()) < 0  # held back
 
 
+async def test_a_failed_batch_names_only_its_services_and_the_unsent_ones(
+    zone_id: str, proxy: CountingProxy
+) -> None:
+    """251 services are two calls; the second is throttled. The first batch's 250 services
+    were written and are not named: only s250 is retried."""
+    proxy._rate = 1  # Route53 allows one call now: our budget does not know (another client)
+    config = Route53Config(type="route53", hosted_zone_id=zone_id, max_calls_per_second=100)
+    provider = Route53Provider.create("aws", config)
+    services = [service(f"s{i:03d}") for i in range(251)]
+    shares = {"primary": 100, "dr": 0}
+    plan = plan_services((s, render(s, shares, weighted=True), ()) for s in services)
+    with pytest.raises(TransientProviderError) as caught:
+        await provider.apply(plan)
+    assert caught.value.services == frozenset({"s250"})
+    assert record_sets(zone_id, "s249.example.com.")["primary"]["Weight"] == 100
+    assert not record_sets(zone_id, "s250.example.com.")
+
+
 @pytest.mark.parametrize(
     ("header", "seconds"),
     [(None, None), ("", None), ("3", 3.0), ("0.5", 0.5), ("-1", 0.0), ("soon", None)],

@@ -16,6 +16,7 @@ from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.errors import TransientProviderError
 from trafficflip.runtime.engine import Engine
+from trafficflip.runtime.sync import _listed
 
 
 class QuotaProvider(MemoryProvider):
@@ -106,3 +107,10 @@ async def test_decisions_made_within_the_spacing_share_the_next_call() -> None:
     first, second = provider.write_times[-2:]
     assert second - first >= spacing - 0.01
     assert all(provider.weights(n)["dr"] == 50 for n in ("s1", "s2", "www"))  # first step
+
+
+def test_a_provider_error_log_line_names_ten_services_at_most() -> None:
+    # A failed call of a large zone names thousands of services; each journal has them all.
+    assert _listed(["a", "b"]) == "a,b"
+    names = [f"s{i}" for i in range(10_000)]
+    assert _listed(names) == ",".join(names[:10]) + " and 9990 more"

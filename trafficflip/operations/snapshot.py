@@ -36,7 +36,7 @@ SLICE_SERVICES = 5
 # seconds; probe results that change nothing but latencies within STALE. Both bound how
 # often a rebuild may run, not only how soon.
 URGENT, STALE = 0.25, 5.0
-# A large fleet's rebuild takes long (0.3 ms a service: 1.5 s at 5,000): the spacing grows
+# A large fleet's rebuild takes long (more than a second at 5,000 services): the spacing grows
 # with it, so rebuilds use at most about a tenth of a core for probe results and a third
 # while journal entries keep coming (a mass failover), never the event loop's whole time.
 STALE_PER_BUILD, URGENT_PER_BUILD = 10.0, 2.0

@@ -349,7 +349,7 @@ class ProviderSync:
         log.error(
             "provider_error provider=%s services=%s kind=%s error=%s",
             self.name,
-            ",".join(names),
+            _listed(names),
             kind,
             exc,
         )
@@ -388,3 +388,15 @@ class ProviderSync:
             "in_sync %s: change %s after %.1fs", record.service, ",".join(record.change_ids), lag
         )
         return replace(record, in_sync=True, confirmed_at=self._clock.wall())
+
+
+# A log line names this many services at most: a failed call of a large zone is about
+# thousands, and each service's journal has the error anyway.
+LOG_NAMES = 10
+
+
+def _listed(names: list[str]) -> str:
+    """``s1,s2,s3`` or, past ``LOG_NAMES``, ``s1,...,s10 and 9990 more``."""
+    if len(names) <= LOG_NAMES:
+        return ",".join(names)
+    return f"{','.join(names[:LOG_NAMES])} and {len(names) - LOG_NAMES} more"
