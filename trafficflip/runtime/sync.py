@@ -38,6 +38,9 @@ RETRY_BASE, RETRY_CAP = 1.0, 30.0
 # How long answers read or written stay good enough to plan a failover on without a read
 # (providers with PLAN_URGENT_FROM_KNOWN); the reconcile reads far more often than this.
 KNOWN_MAX_AGE = 120.0
+# A log line names this many services at most: a failed call of a large zone is about
+# thousands, and each service's journal has the error anyway.
+LOG_NAMES = 10
 # What a sync writes for a service: its shares and its TTL override.
 Written = tuple[dict[str, int] | None, int | None]
 
@@ -388,11 +391,6 @@ class ProviderSync:
             "in_sync %s: change %s after %.1fs", record.service, ",".join(record.change_ids), lag
         )
         return replace(record, in_sync=True, confirmed_at=self._clock.wall())
-
-
-# A log line names this many services at most: a failed call of a large zone is about
-# thousands, and each service's journal has the error anyway.
-LOG_NAMES = 10
 
 
 def _listed(names: list[str]) -> str:
