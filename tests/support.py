@@ -44,7 +44,11 @@ class HttpSite:
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.host = host
+        # A port picked here is only a placeholder (a closed port, for a site never started):
+        # the first start binds port 0 and takes the kernel's, since a port free a moment ago
+        # may be another socket's by then. A restart keeps the port it had.
         self.port = port or free_port(host)
+        self._placeholder = port is None
         self.status = 200
         self.body = b"ok"
         self.requests = 0
@@ -73,7 +77,9 @@ class HttpSite:
                 pass
 
         http.server.ThreadingHTTPServer.allow_reuse_address = True
-        self._server = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
+        port = 0 if self._placeholder else self.port
+        self._server = http.server.ThreadingHTTPServer((self.host, port), Handler)
+        self.port, self._placeholder = int(self._server.server_address[1]), False
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
