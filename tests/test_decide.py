@@ -201,6 +201,30 @@ def test_all_down_never_empties_the_answer(policy: str, expected: dict[str, int]
     assert world.events[-1] == "recovered"
 
 
+def test_all_down_all_is_a_change_to_write() -> None:
+    """Regression: the shares of ``all_down: all`` were decided with the previous write's
+    ``applied_at`` kept, so the sync took them as written and nothing reached the provider."""
+    world = World(service(all_down="all"))
+    world.run([(0, {}, P100), (10, {"primary": DOWN}, DR100)])
+    assert world.state.applied_at is not None
+    world.set(20, dr=DOWN)
+    health = ServiceHealth(dict(world.health), UP)
+    decision = decide(world.service, world.state, health, 20)
+    assert decision.state.shares == {"primary": 50, "dr": 50}
+    assert decision.state.applied_at is None
+
+
+def test_a_failover_to_nothing_says_what_the_policy_serves() -> None:
+    for policy, says in [("all", "-> every site (all_down=all)"), ("keep", "last answers stay")]:
+        world = World(service(all_down=policy))
+        world.run([(0, {}, P100)])
+        world.set(10, primary=DOWN, dr=DOWN)
+        health = ServiceHealth(dict(world.health), UP)
+        events = decide(world.service, world.state, health, 10).events
+        assert says in events[0].message, events
+        assert "-> nothing" not in events[0].message
+
+
 def test_all_down_from_the_start_decides_nothing() -> None:
     world = World(service())
     world.set(0, primary=DOWN, dr=DOWN)

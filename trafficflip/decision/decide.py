@@ -175,13 +175,20 @@ def _drop_down_members(
         ramp = replace(ramp, to=to) if to and set(to) != set(alive) else None
     replacement = alive or _failover_target(service, state, health)
     kind = EventKind.SITE_OUT if alive else EventKind.FAILOVER
+    target = ", ".join(replacement) if replacement else _all_down_target(service)
     for site in down:
         reason = health[site].reason
-        target = ", ".join(replacement) if replacement else "nothing"
         events.append(Event(kind, f"{site} down ({reason}) -> {target}", site))
     if not alive and replacement:
         ramp = None
     return replace(state, members=replacement, ramp=ramp, failback_approved=False)
+
+
+def _all_down_target(service: ServiceConfig) -> str:
+    """What a failover with no site left up leads to, as its event says."""
+    if service.all_down == "all":
+        return "every site (all_down=all)"
+    return "no site up; the last answers stay (all_down=keep)"
 
 
 def _failover_target(
@@ -219,7 +226,7 @@ def _recover_or_all_down(
     if service.all_down == "all":
         # Every site in the answer beats an empty one; members stay empty so the first
         # site to come back takes the traffic at once.
-        return replace(state, shares=_normalize({s.name: s.weight for s in service.sites}))
+        return _set_shares(state, _normalize({s.name: s.weight for s in service.sites}))
     return state  # keep: the last desired shares stand; never an empty answer
 
 
@@ -417,10 +424,14 @@ def _with_shares(service: ServiceConfig, state: ServiceState) -> ServiceState:
             s: (1 - fraction) * source.get(s, 0.0) + fraction * dest.get(s, 0.0)
             for s in set(source) | set(dest)
         }
-    shares = _normalize({s: mix.get(s, 0.0) for s in service.site_names})
+    return _set_shares(state, _normalize({s: mix.get(s, 0.0) for s in service.site_names}))
+
+
+def _set_shares(state: ServiceState, shares: dict[str, int]) -> ServiceState:
+    """The one way a decision changes shares: new shares are not applied yet, so the sync
+    writes them and the next step's hold starts when the provider took them."""
     if shares == state.shares:
         return state
-    # New shares are not applied yet: the next step's hold starts when they are.
     return replace(state, shares=shares, applied_at=None)
 
 
