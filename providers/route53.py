@@ -66,6 +66,10 @@ class Route53Provider(Provider):
     # (docs/performance.md, Mass failover).
     PLAN_URGENT_FROM_KNOWN = True
     WRITE_SPACING = 1.0
+    # A failed failover is tried again at the account's rate (5 calls/s), jittered; the
+    # budget holds the calls to it, and PriorRequestNotComplete clears once the change
+    # before it is INSYNC, which takes seconds (docs/providers/route53.md).
+    URGENT_RETRY_SPACING = 0.2
     Config = Route53Config
 
     def __init__(self, name: str, config: Route53Config, client: Any) -> None:

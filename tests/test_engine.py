@@ -41,11 +41,12 @@ def config(services: int = 1) -> Config:
 
 
 class Rig:
-    def __init__(self, services: int = 1) -> None:
+    def __init__(self, services: int = 1, clock: Clock | None = None) -> None:
+        """``clock`` replaces the test's hand-moved ``now`` (a virtual-time loop's)."""
         self.now = 1000.0
         self.provider = MemoryProvider()
         self.store = SqliteStateStore(":memory:")
-        clock = Clock(monotonic=lambda: self.now, wall=lambda: self.now)
+        clock = clock or Clock(monotonic=lambda: self.now, wall=lambda: self.now)
         self.engine = Engine(config(services).services, self.store, {"mem": self.provider}, clock)
 
     def probe(self, site: str, ok: bool, times: int = 2) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -82,15 +83,23 @@ class Engine:
         *,
         read_only: bool = False,
         retention: JournalConfig | None = None,
+        writer: StateWriter | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """``read_only`` builds a preview engine (``plan``): providers refuse every apply,
         nothing is written, scheduled or retried, and decisions are collected in
-        ``previewed`` instead of being logged as if they had happened."""
+        ``previewed`` instead of being logged as if they had happened. ``writer`` replaces
+        the store's own writer thread, ``rng`` the retry jitter's randomness (the fault
+        simulation passes both, so a seed replays a run exactly)."""
         self.clock = clock or Clock()
         self.store = store
         self.read_only = read_only
         self.listeners = Listeners()
-        self.writer = None if read_only else StateWriter(store, retention=retention)
+        self._rng = rng
+        if read_only:
+            self.writer = None
+        else:
+            self.writer = writer or StateWriter(store, retention=retention)
         self.journal = Journal(self.writer, self.clock, self.listeners)
         self.monitor = HealthMonitor(())
         # Shared with the monitor, for readers (status, metrics, the scheduler).
@@ -125,8 +134,9 @@ class Engine:
 
     def _set_providers(self, providers: Mapping[str, Provider]) -> None:
         previous = {name: sync.status for name, sync in self.syncs.items()}
-        for sync in self.syncs.values():
-            sync.close()
+        replaced = dict(self.syncs)
+        for sync in replaced.values():
+            sync.retire()  # its call in flight lands and is journaled; nothing more
         self.providers = {
             name: read_only_provider(p) if self.read_only else p for name, p in providers.items()
         }
@@ -140,6 +150,8 @@ class Engine:
                 clock=self.clock,
                 listeners=self.listeners,
                 after_apply=self._applied,
+                rng=self._rng,
+                predecessor=replaced.get(name),
             )
             for name, provider in self.providers.items()
         }
@@ -256,6 +268,7 @@ class Engine:
         state = self.states[name]
         if self.read_only or state.shares is None or state.applied_at is not None:
             return
+        urgent = urgent or self._moves_off_dead(name, state)
         if not urgent and self._starting():
             return  # taken together when start-up ends (see __init__)
         self.syncs[self.services[name].config.provider].request([name], urgent=urgent)
@@ -277,9 +290,33 @@ class Engine:
         log.info(
             "startup_complete services=%d not_started=%d", len(self.services), len(self._unstarted)
         )
-        for name in self.services:
-            self._converge_soon(name)
+        self._sync_all()
         return False
+
+    def _sync_all(self) -> None:
+        """Read and correct every decided service: what the store said was applied may be
+        older than what the provider holds (the store refused writes before a crash), so
+        start-up ends with a read, not with trust; failovers among them are urgent."""
+        for provider, members in self._by_provider(self.services).items():
+            ready = [n for n in members if self.states[n].shares is not None]
+            urgent = [n for n in ready if self._moves_off_dead(n, self.states[n])]
+            if urgent:
+                self.syncs[provider].request(urgent, urgent=True)
+            self.syncs[provider].request(ready)
+
+    def _moves_off_dead(self, name: str, state: ServiceState) -> bool:
+        """Whether a write not yet applied takes traffic off a site seen down (or serves
+        every site when all are down): urgent, whatever decision made it, so a failover
+        resumed after a restart or retried after a failed ramp step is never behind a
+        backoff."""
+        if state.all_down:
+            return True
+        shares = state.shares or {}
+        sites = self.site_health(name)
+        return any(
+            shares.get(site, 0) == 0 and health.status is Status.DOWN
+            for site, health in sites.items()
+        )
 
     async def tick(self) -> None:
         """Take operator commands and let time-based decisions (stabilize, ramp steps) fire."""
@@ -445,9 +482,7 @@ class Engine:
             self.decide(name)
         if self._starting():
             return  # first decisions go out together when start-up ends
-        for provider, members in self._by_provider(self.services).items():
-            ready = [n for n in members if self.states[n].shares is not None]
-            self.syncs[provider].request(ready)
+        self._sync_all()
         await self.idle()
         await self.confirm_changes()
 
@@ -473,12 +508,16 @@ class Engine:
             if confirmed is not None:
                 self.writer.record_change(confirmed)
 
-    async def close(self) -> None:
-        """Stop syncing and timers, flush what is queued for the store."""
+    def halt(self) -> None:
+        """Stop syncing and timers at once; what is queued for the store stays queued."""
         for handle in self._wakeups.values():
             handle.cancel()
         for sync in self.syncs.values():
             sync.close()
+
+    async def close(self) -> None:
+        """Stop syncing and timers, flush what is queued for the store."""
+        self.halt()
         if self.writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
 

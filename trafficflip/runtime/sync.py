@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -34,7 +35,14 @@ from trafficflip.runtime.retry import backoff_delay
 from trafficflip.runtime.state import ChangeRecord
 
 log = logging.getLogger("trafficflip")
+# Backoff of a write that moves no traffic off a dead site (a ramp step, a TTL restore, a
+# reconcile): it can wait, and a backend in trouble is not hammered.
 RETRY_BASE, RETRY_CAP = 1.0, 30.0
+# An urgent write (a failover) is retried every Provider.URGENT_RETRY_SPACING to twice that,
+# jittered, for as long as it fails: a failover is worth less with every second it waits,
+# and the provider's call budget already keeps the calls within what the backend allows.
+# A backend's own retry-after is honoured up to this; past it, a failover goes anyway.
+URGENT_RETRY_AFTER_CAP = 2.0
 # How long answers read or written stay good enough to plan a failover on without a read
 # (providers with PLAN_URGENT_FROM_KNOWN); the reconcile reads far more often than this.
 KNOWN_MAX_AGE = 120.0
@@ -78,7 +86,12 @@ class ProviderSync:
         clock: Clock,
         listeners: Listeners,
         after_apply: Callable[[str], None],
+        rng: random.Random | None = None,
+        predecessor: ProviderSync | None = None,
     ) -> None:
+        """``predecessor`` is the sync this one replaces (a reload): its call in flight
+        ends before this one's first call starts, so an older write never lands after a
+        newer one."""
         self.name = name
         self.provider = provider
         self.status = ProviderStatus()
@@ -89,6 +102,7 @@ class ProviderSync:
         self._listeners = listeners
         self._after_apply = after_apply
         self._pending: set[str] = set()
+        # Services whose failover is pending: they stay urgent until a write of theirs lands.
         self._urgent_names: set[str] = set()
         # Service -> (when, answers) last read from or written to the backend.
         self._known: dict[str, tuple[float, tuple[Answer, ...]]] = {}
@@ -97,72 +111,130 @@ class ProviderSync:
         self._quiet = asyncio.Event()  # set while no call is in flight
         self._quiet.set()
         self._worker: asyncio.Task[None] | None = None
+        # After a transient failure: when the retry is due, and when it is due at the latest
+        # should a failover be pending (monotonic). None when no retry waits.
         self._retry_at: float | None = None
-        self._throttled = False
+        self._urgent_retry_at: float | None = None
+        self._rng = rng or random.Random()
         self._last_error: dict[str, str] = {}
+        self._last_logged = ""
+        self._predecessor = predecessor
+        self._closed = False
+        self._in_call = False
 
     # -- asking --------------------------------------------------------------------------
 
     def request(self, names: Iterable[str], *, urgent: bool = False) -> None:
-        """Sync these services soon; ``urgent`` (a failover) cuts short a backoff wait,
-        unless the backend asked us to wait (throttling)."""
+        """Sync these services soon; ``urgent`` (a failover) cuts a backoff wait short: it
+        waits at most the urgent retry schedule (see ``URGENT_RETRY_AFTER_CAP``)."""
+        if self._closed:
+            return
         names = set(names)
         self._pending.update(names)
         self.status.pending = len(self._pending)
         if urgent:
             self._urgent_names.update(names)
             self._urgent.set()
+        if self._retry_at is None:
+            self._quiet.clear()  # a call is coming; ``idle`` waits for it
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
     @property
     def retry_at(self) -> float | None:
         """When the next attempt after a transient failure is due (monotonic), if any."""
+        if self._retry_at is not None and self._urgent_names & self._pending:
+            return self._urgent_retry_at
         return self._retry_at
 
+    def drop_pending(self) -> None:
+        """Forget every pending write and retry (this instance may no longer write)."""
+        self._pending.clear()
+        self._urgent_names.clear()
+        self._retry_at = self._urgent_retry_at = None
+        self.status.pending = 0
+
     async def idle(self) -> None:
-        """Return once no call is in flight and nothing is pending but a retry's wait."""
-        while True:
-            await self._quiet.wait()
-            if not self._pending or self._retry_at is not None:
-                return
-            await asyncio.sleep(0)
+        """Return once no call is in flight or about to start, and nothing is pending but
+        a retry's wait."""
+        await self._quiet.wait()
 
     def close(self) -> None:
+        """Stop now (shutdown, a crash, demotion): the call in flight is cancelled."""
+        self.retire()
         if self._worker is not None:
             self._worker.cancel()
 
+    def retire(self) -> None:
+        """Take no more work (a reload replaced this sync): a call in flight finishes and
+        is journaled, and the successor's first call waits for it; a wait is cut short."""
+        self._closed = True
+        self.drop_pending()
+        if self._worker is not None and not self._in_call:
+            self._worker.cancel()
+        self._quiet.set()
+
+    async def _after_predecessor(self) -> None:
+        predecessor, self._predecessor = self._predecessor, None
+        worker = predecessor._worker if predecessor is not None else None
+        if worker is not None and not worker.done():
+            await asyncio.wait({worker})
+
     async def _work(self) -> None:
-        while self._pending:
+        try:
+            await self._after_predecessor()
+            while self._pending and not self._closed:
+                await self._one_call()
+        finally:
+            self._quiet.set()
+
+    async def _one_call(self) -> None:
+        """Wait for a due retry (idle meanwhile) or the spacing, then one read-plan-apply
+        of everything pending."""
+        if self._retry_at is not None:
+            self._quiet.set()
             await self._wait_for_retry()
-            await self._wait_for_spacing()
-            batch, self._pending = self._pending, set()
-            urgent = bool(batch & self._urgent_names)
-            self._urgent_names -= batch
-            self.status.pending = 0
             self._quiet.clear()
-            try:
-                await self.sync(batch, urgent=urgent)
-            except Exception as exc:  # never lose the worker: what was pending is retried
-                log.exception("sync_error provider=%s", self.name)
-                self._failed(sorted(batch), exc)
-            finally:
-                self._quiet.set()
+        else:
+            # A retry keeps its own schedule; spacing gathers fresh decisions.
+            await self._wait_for_spacing()
+        batch, self._pending = self._pending, set()
+        self.status.pending = 0
+        if not batch or self._closed:
+            return
+        urgent = bool(batch & self._urgent_names)
+        self._in_call = True
+        try:
+            await self.sync(batch, urgent=urgent)
+        except Exception as exc:  # never lose the worker: what was pending is retried
+            log.exception("sync_error provider=%s", self.name)
+            self._failed(sorted(batch), exc)
+        finally:
+            self._in_call = False
 
     async def _wait_for_retry(self) -> None:
-        while self._retry_at is not None:
-            delay = self._retry_at - self._clock.now()
+        """Wait out a pending retry's delay (shorter once a failover is pending)."""
+        while (due := self.retry_at) is not None:
+            delay = due - self._clock.now()
             if delay <= 0:
                 break
             self._urgent.clear()
-            try:
-                await asyncio.wait_for(self._urgent.wait(), delay)
-            except TimeoutError:
+            if await self._timed_out(delay):
                 break
-            if not self._throttled:
-                break  # a failover does not wait out a backoff of ours
-        self._retry_at = None
+        self._retry_at = self._urgent_retry_at = None
         self._urgent.clear()
+
+    async def _timed_out(self, delay: float) -> bool:
+        """Wait ``delay`` or until a failover is asked for; True when the time ran out.
+
+        Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that meets
+        the event being set, and a sync that cannot be stopped keeps writing."""
+        timer = asyncio.get_running_loop().call_later(delay, self._urgent.set)
+        try:
+            await self._urgent.wait()
+        finally:
+            timer.cancel()
+        return timer.when() <= asyncio.get_running_loop().time()
 
     async def _wait_for_spacing(self) -> None:
         """Let decisions gather for the provider's ``WRITE_SPACING`` after the last write."""
@@ -268,6 +340,8 @@ class ProviderSync:
         self.status.lagging = self.provider.lagging_instances
         self._succeeded()
         self._applied(plan, configs, planned, receipt)
+        for service in configs:  # written, or nothing to write: no longer urgent
+            self._urgent_names.discard(service.name)
         self._listeners.provider_synced(self.name, None, took)
         return plan
 
@@ -288,7 +362,10 @@ class ProviderSync:
             exact = _written(state) == planned.get(service.name)
             changes = plan.for_service(service.name)
             if changes:
-                self._journal_changes(service, state, changes, receipt, exact)
+                written = planned.get(service.name, (None, None))[0]
+                self._journal_changes(service, state, changes, receipt, exact, written)
+            if exact:
+                self._urgent_names.discard(service.name)
             if exact and state.applied_at is None:
                 applied = replace(state, applied_at=self._clock.now())
                 self._states[service.name] = applied
@@ -304,11 +381,14 @@ class ProviderSync:
         changes: tuple[Change, ...],
         receipt: Receipt | None,
         exact: bool,
+        written: Mapping[str, int] | None,
     ) -> None:
         text = "; ".join(str(c) for c in changes)
         # Shares already applied, yet the backend differed: someone changed it.
         kind = EventKind.DRIFT if state.applied_at is not None else EventKind.PROVIDER_CHANGE
         data: dict[str, object] = {"provider": self.name}
+        if written is not None:  # the shares this write put in place, site by site
+            data["written"] = {c.site: written.get(c.site or "", 0) for c in changes if c.site}
         if receipt is not None:
             data["change_ids"] = list(receipt.change_ids)
             record = ChangeRecord(
@@ -331,7 +411,7 @@ class ProviderSync:
             log.info("provider_recovered provider=%s", self.name)
         status.ok, status.error, status.failures_in_row = True, "", 0
         status.last_success = self._clock.wall()
-        self._throttled = False
+        self._last_logged = ""
 
     def _refused(self, name: str, exc: UnsafePlanError) -> None:
         """An unsafe change for one service: refused, journaled once, never retried soon."""
@@ -349,12 +429,18 @@ class ProviderSync:
         status.errors += 1
         status.failures_in_row += 1
         self._listeners.provider_synced(self.name, exc, None)
-        log.error(
-            "provider_error provider=%s services=%s kind=%s error=%s",
+        # Logged at ERROR once per change of error, as the journal does; every repeat is
+        # counted (metrics, status) and logged at DEBUG.
+        repeated = self._last_logged == f"{kind}: {exc}"
+        self._last_logged = f"{kind}: {exc}"
+        log.log(
+            logging.DEBUG if repeated else logging.ERROR,
+            "provider_error provider=%s services=%s kind=%s error=%s%s",
             self.name,
             _listed(names),
             kind,
             exc,
+            f" (failed {status.failures_in_row} times in a row)" if repeated else "",
         )
         for name in names:
             # A provider error repeated on every retry is journaled once per change of error.
@@ -368,11 +454,22 @@ class ProviderSync:
         if isinstance(exc, PermanentProviderError | UnsafePlanError):
             return  # not hammered: the reconcile interval retries it
         retry_after = exc.retry_after if isinstance(exc, TransientProviderError) else None
-        delay = max(backoff_delay(status.failures_in_row, base=RETRY_BASE, cap=RETRY_CAP), 0.5)
-        self._throttled = retry_after is not None
-        self._retry_at = self._clock.now() + max(delay, retry_after or 0.0)
+        now = self._clock.now()
+        delay = max(
+            backoff_delay(status.failures_in_row, base=RETRY_BASE, cap=RETRY_CAP, rng=self._rng),
+            0.5,
+        )
+        self._retry_at = now + max(delay, retry_after or 0.0)
+        self._urgent_retry_at = now + self._urgent_delay(retry_after)
         self._pending.update(names)
         self.status.pending = len(self._pending)
+
+    def _urgent_delay(self, retry_after: float | None) -> float:
+        """The wait before retrying a failover: the provider's spacing, jittered so that
+        several instances or processes sharing an account do not retry together."""
+        spacing = self.provider.URGENT_RETRY_SPACING
+        delay = self._rng.uniform(spacing, 2 * spacing)
+        return max(delay, min(retry_after or 0.0, URGENT_RETRY_AFTER_CAP))
 
     # -- confirmation ---------------------------------------------------------------------
 
