@@ -1,0 +1,1 @@
+"""The deterministic fault simulation: the real engine on virtual time, stated promises."""
