@@ -132,6 +132,15 @@ class ProviderSync:
         if self._worker is not None:
             self._worker.cancel()
 
+    def drop_pending(self) -> None:
+        """Forget every pending service and retry wait, and stop the worker (cluster mode:
+        this instance stopped leading, and a retry of its term must never be sent)."""
+        self.close()
+        self._pending.clear()
+        self._urgent_names.clear()
+        self._retry_at = None
+        self.status.pending = 0
+
     async def _work(self) -> None:
         while self._pending:
             await self._wait_for_retry()
