@@ -13,7 +13,12 @@ import boto3
 import pytest
 
 from tests.etcd import EtcdCluster
+from tests.haproxy_server import HaproxyServer
 from tests.support import MotoServer, wait_until
+from tests.test_haproxy import haproxy, http_sites, make_service, plan_for, provider_for
+
+# Fixtures of the HAProxy adapter's tests: a real haproxy in front of loopback sites.
+__all__ = ["haproxy", "http_sites"]
 from trafficflip.cluster.election import Election
 from trafficflip.cluster.etcd import EtcdClient, EtcdUnavailable
 from trafficflip.cluster.fencing import FencedProvider, fenced
@@ -246,3 +251,36 @@ def test_a_write_waits_while_the_lease_is_not_confirmed(client: EtcdClient) -> N
     a.step()
     store.save("www", shares(100), [])
     assert store.load("www") == shares(100)
+
+
+class Lease:
+    """An authority the test sets: whether calls may start, and the timeouts it was asked."""
+
+    def __init__(self, allowed: bool) -> None:
+        self.allowed = allowed
+        self.asked: list[float] = []
+
+    def may_act(self, timeout: float) -> bool:
+        self.asked.append(timeout)
+        return self.allowed
+
+    def call_limit(self) -> float:
+        return 1.0
+
+
+async def test_haproxy_asks_before_its_set_line(haproxy: HaproxyServer) -> None:
+    """The HAProxy edge: the runtime API's write asks the authority with its own timeout,
+    per instance; refused, the line is never sent. Reads need no authority."""
+    provider = provider_for({"socket": haproxy.socket}, timeout=5.0)
+    lease = Lease(allowed=False)
+    provider.authorize(lease)
+    service = make_service()
+    plan = await plan_for(provider, service, {"primary": 25, "standby": 75})
+    before = haproxy.weights()
+    with pytest.raises(NotLeaderError):
+        await provider.apply(plan)
+    assert haproxy.weights() == before
+    assert lease.asked == [1.0], "asked once, with the timeout bounded by the lease"
+    lease.allowed = True
+    await provider.apply(plan)
+    assert haproxy.weights() == {"a1": 25, "a2": 25, "b1": 75, "b2": 75}
