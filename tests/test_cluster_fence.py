@@ -14,11 +14,17 @@ import pytest
 
 from tests.etcd import EtcdCluster
 from tests.haproxy_server import HaproxyServer
+from tests.named import AVAILABLE as NAMED
+from tests.named import Named
 from tests.support import MotoServer, wait_until
 from tests.test_haproxy import haproxy, http_sites, make_service, plan_for, provider_for
+from tests.test_rfc2136 import converge as rfc2136_converge
+from tests.test_rfc2136 import named
+from tests.test_rfc2136 import provider_for as rfc2136_provider_for
+from tests.test_rfc2136 import service as rfc2136_service
 
-# Fixtures of the HAProxy adapter's tests: a real haproxy in front of loopback sites.
-__all__ = ["haproxy", "http_sites"]
+# Fixtures of the adapters' own tests: a real haproxy in front of loopback sites, a real BIND.
+__all__ = ["haproxy", "http_sites", "named"]
 from trafficflip.cluster.election import Election
 from trafficflip.cluster.etcd import EtcdClient, EtcdUnavailable
 from trafficflip.cluster.fencing import FencedProvider, fenced
@@ -284,3 +290,20 @@ async def test_haproxy_asks_before_its_set_line(haproxy: HaproxyServer) -> None:
     lease.allowed = True
     await provider.apply(plan)
     assert haproxy.weights() == {"a1": 25, "a2": 25, "b1": 75, "b2": 75}
+
+
+@pytest.mark.skipif(not NAMED, reason="BIND (named) not installed")
+async def test_rfc2136_asks_before_each_update(named: Named) -> None:
+    """The DNS edge: an UPDATE asks the authority with the exchange's timeout; refused, the
+    UPDATE is never sent (the record stays absent). Queries need no authority."""
+    provider = rfc2136_provider_for(named)
+    lease = Lease(allowed=False)
+    provider.authorize(lease)
+    svc = rfc2136_service()
+    with pytest.raises(NotLeaderError):
+        await rfc2136_converge(provider, [svc], {"primary": 100})
+    assert named.values(str(svc.record), "A") == set()
+    assert lease.asked == [1.0]
+    lease.allowed = True
+    await rfc2136_converge(provider, [svc], {"primary": 100})
+    assert named.values(str(svc.record), "A")
