@@ -17,14 +17,19 @@ from tests.haproxy_server import HaproxyServer
 from tests.named import AVAILABLE as NAMED
 from tests.named import Named
 from tests.support import MotoServer, wait_until
+from tests.test_elbv2 import Aws, aws
+from tests.test_elbv2 import plan_for as elbv2_plan_for
+from tests.test_elbv2 import pool as elbv2_pool
+from tests.test_elbv2 import provider as elbv2_provider
 from tests.test_haproxy import haproxy, http_sites, make_service, plan_for, provider_for
 from tests.test_rfc2136 import converge as rfc2136_converge
 from tests.test_rfc2136 import named
 from tests.test_rfc2136 import provider_for as rfc2136_provider_for
 from tests.test_rfc2136 import service as rfc2136_service
 
-# Fixtures of the adapters' own tests: a real haproxy in front of loopback sites, a real BIND.
-__all__ = ["haproxy", "http_sites", "named"]
+# Fixtures of the adapters' own tests: a real haproxy in front of loopback sites, a real
+# BIND, an application load balancer in moto.
+__all__ = ["aws", "haproxy", "http_sites", "named"]
 from trafficflip.cluster.election import Election
 from trafficflip.cluster.etcd import EtcdClient, EtcdUnavailable
 from trafficflip.cluster.fencing import FencedProvider, fenced
@@ -307,3 +312,23 @@ async def test_rfc2136_asks_before_each_update(named: Named) -> None:
     lease.allowed = True
     await rfc2136_converge(provider, [svc], {"primary": 100})
     assert named.values(str(svc.record), "A")
+
+
+async def test_elbv2_asks_before_each_modify(aws: Aws) -> None:
+    """The ELBv2 edge: ModifyListener asks the authority with connect + read of the client
+    it rebuilt with lease-bounded timeouts; refused, the listener is unchanged."""
+    listener = aws.listener({aws.groups["primary"]: 1})
+    service = elbv2_pool(aws, listener_arn=listener)
+    provider = elbv2_provider()
+    lease = Lease(allowed=False)
+    provider.authorize(lease)
+    assert provider.timeout == 0.5
+    plan = await elbv2_plan_for(provider, service, {"primary": 25, "standby": 75})
+    with pytest.raises(NotLeaderError):
+        await provider.apply(plan)
+    assert aws.weights(aws.forward(listener)) == {"primary": 1}
+    assert lease.asked == [1.0]
+    lease.allowed = True
+    await provider.apply(plan)
+    assert aws.weights(aws.forward(listener)) == {"primary": 25, "standby": 75}
+    await provider.close()
