@@ -31,6 +31,9 @@ class FencedProvider(Provider):
         self.authority = authority
         inner.authorize(authority)
         self._refused = refused
+        # Said once per provider built: an operator whose backend needs longer calls raises
+        # cluster.lease_ttl (docs/cluster.md, Leader election and fencing).
+        log.info("provider_fenced provider=%s call_limit=%.2fs", inner.name, authority.call_limit())
 
     @property
     def lagging_instances(self) -> tuple[str, ...]:
