@@ -38,6 +38,17 @@ THROTTLING_CODES = THROTTLED_CODES | {"ServiceUnavailable", "InternalError", "In
 THROTTLE_HOLD = (0.5, 1.5)
 
 
+def call_time(timeout: float) -> float:
+    """The longest one call of a client made with ``timeout`` may take: one attempt, its
+    connect and its read timeouts (a request is on the wire before the read begins)."""
+    return 2 * timeout
+
+
+def bounded_timeout(configured: float, seconds: float) -> float:
+    """The client timeout that keeps one call within ``seconds``."""
+    return min(configured, seconds / 2)
+
+
 def client(service: str, region: str, timeout: float) -> Any:
     """A boto3 client from the standard credential and endpoint chain."""
     config = botocore.config.Config(
@@ -57,9 +68,14 @@ async def call(
     budget: CallBudget,
     fn: Callable[..., T],
     transient: Collection[str] = THROTTLING_CODES,
+    *,
+    guard: Callable[[], None] | None = None,
     **kwargs: Any,
 ) -> T:
     """Spend the budget, run a blocking boto3 call in a thread; translate its errors here.
+
+    ``guard`` (a write's) is asked after the budget's wait, right before the call is sent:
+    the lease may have run out while the call waited for its turn in the quota.
 
     A throttling answer becomes ``TransientProviderError(kind="throttled")`` with the
     backend's retry-after, and holds the budget; other ``transient`` codes and network
@@ -67,6 +83,8 @@ async def call(
     each with the code as ``kind`` and AWS's message.
     """
     await budget.spend()
+    if guard is not None:
+        guard()
     try:
         return await asyncio.to_thread(fn, **kwargs)
     except botocore.exceptions.ClientError as exc:

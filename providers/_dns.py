@@ -139,12 +139,22 @@ class DnsClient:
         return self.key.name.to_text() if self.key else "(none)"
 
     async def exchange(
-        self, message: dns.message.Message, endpoint: Endpoint, what: str, *, sign: bool = True
+        self,
+        message: dns.message.Message,
+        endpoint: Endpoint,
+        what: str,
+        *,
+        sign: bool = True,
+        guard: Callable[[float], None] | None = None,
     ) -> dns.message.Message:
+        """Send ``message`` and return the response. ``guard`` (an UPDATE's) is asked with
+        the exchange's timeout after the server's address is known, right before sending."""
         if self.key is not None and sign:
             message.use_tsig(self.key)
         where = f"{what} server={endpoint} key={self.key_name if sign else '(none)'}"
         host = await self._address(endpoint, where)
+        if guard is not None:
+            guard(self.timeout)
         try:
             return await dns.asyncquery.tcp(message, host, timeout=self.timeout, port=endpoint.port)
         except (dns.exception.Timeout, OSError, EOFError) as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -52,14 +52,20 @@ class RuntimeApi:
         self.label = endpoint.label
         self.budget = budget or CallBudget(None)
 
-    async def run(self, commands: Sequence[str]) -> list[str]:
+    async def run(
+        self, commands: Sequence[str], guard: Callable[[float], None] | None = None
+    ) -> list[str]:
         """Send ``commands`` as one ``;``-separated line; return one response per command.
 
         An empty response means success for a ``set`` command. Unreachable or silent
         instances raise ``TransientProviderError`` (a restart makes the socket vanish briefly).
+        ``guard`` (a write's) is asked with the exchange's timeout after the budget's wait,
+        right before connecting: the timeout bounds connect, send and answer together.
         """
         line = (";".join(commands) + "\n").encode()
         await self.budget.spend()
+        if guard is not None:
+            guard(self.timeout)
         try:
             raw = await asyncio.wait_for(self._exchange(line), self.timeout)
         except TimeoutError:

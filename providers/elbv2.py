@@ -15,6 +15,7 @@ Credentials and the endpoint come from the standard AWS chain
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -89,11 +90,22 @@ class Elbv2Provider(Provider):
     ) -> None:
         super().__init__(name, config)
         self.client = client
+        self.timeout = config.timeout
+        # Rebuilds the client with a shorter timeout (cluster mode); None for a client
+        # handed in (tests), whose timeouts are its maker's.
+        self.make_client: Callable[[float], ElasticLoadBalancingv2Client] | None = None
         self.budget = CallBudget(config.max_calls_per_second)
 
     @classmethod
     def create(cls, name: str, config: Any) -> Elbv2Provider:
-        return cls(name, config, aws.client("elbv2", config.region, config.timeout))
+        provider = cls(name, config, aws.client("elbv2", config.region, config.timeout))
+        provider.make_client = functools.partial(aws.client, "elbv2", config.region)
+        return provider
+
+    def bound_calls(self, seconds: float) -> None:
+        timeout = aws.bounded_timeout(self.config.timeout, seconds)
+        if timeout < self.timeout and self.make_client is not None:
+            self.client, self.timeout = self.make_client(timeout), timeout
 
     @classmethod
     def validate_service(cls, service: ServiceConfig, config: Any) -> list[tuple[str, str]]:
@@ -120,8 +132,14 @@ class Elbv2Provider(Provider):
             )
         return problems
 
-    async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        result: T = await aws.call(f"elbv2 {what}", self.budget, fn, TRANSIENT_CODES, **kwargs)
+    async def _call(
+        self, what: str, fn: Callable[..., T], *, write: bool = False, **kwargs: Any
+    ) -> T:
+        """The one edge to ELBv2: every call goes through ``aws.call``, and a ``write``
+        asks the provider's authority first, with the call's own timeout."""
+        label = f"elbv2 {what}"
+        guard = (lambda: self.may_write(label, aws.call_time(self.timeout))) if write else None
+        result: T = await aws.call(label, self.budget, fn, TRANSIENT_CODES, guard=guard, **kwargs)
         return result
 
     # -- read -------------------------------------------------------------------------------
@@ -230,10 +248,16 @@ class Elbv2Provider(Provider):
         new = _rewrite(service, actions, _planned_weights(plan, service))
         if _keys(service).listener_arn is not None:
             await self._call(
-                "ModifyListener", self.client.modify_listener, ListenerArn=arn, DefaultActions=new
+                "ModifyListener",
+                self.client.modify_listener,
+                write=True,
+                ListenerArn=arn,
+                DefaultActions=new,
             )
         else:
-            await self._call("ModifyRule", self.client.modify_rule, RuleArn=arn, Actions=new)
+            await self._call(
+                "ModifyRule", self.client.modify_rule, write=True, RuleArn=arn, Actions=new
+            )
 
     async def check_live(self, services: Sequence[ServiceConfig]) -> list[str]:
         """Every listener, rule and target group exists; no foreign group takes traffic."""

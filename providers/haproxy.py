@@ -13,6 +13,7 @@ weights, which ``read`` reports as drift, so the next reconcile writes the share
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections import Counter
@@ -124,6 +125,11 @@ class HaproxyProvider(Provider):
         # The weight last written per (backend, server), to tell which instance forgot it.
         self._written: dict[tuple[str, str], int] = {}
 
+    def bound_calls(self, seconds: float) -> None:
+        # RuntimeApi.run cuts the whole exchange at its timeout.
+        for api in self.apis:
+            api.timeout = min(api.timeout, seconds)
+
     @classmethod
     def validate_service(cls, service: ServiceConfig, config: object) -> list[tuple[str, str]]:
         """A backend is required, site targets are server names, each in one site only."""
@@ -218,7 +224,9 @@ class HaproxyProvider(Provider):
         """
         writes = _writes(plan)
         commands = [f"set server {w.backend}/{w.server} weight {w.weight}" for w in writes]
-        results = await self._everywhere(lambda api: api.run(commands))
+        results = await self._everywhere(
+            lambda api: api.run(commands, functools.partial(self.may_write, f"set {api.label}"))
+        )
         self._written.update({(w.backend, w.server): w.weight for w in writes})
         refused, unreachable = _outcomes(list(zip(writes, commands, strict=True)), results)
         self.lagging_instances = tuple(unreachable)

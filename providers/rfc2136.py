@@ -9,6 +9,7 @@ by a prerequisite on the RRset it replaces, so a concurrent hand edit is detecte
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -116,6 +117,10 @@ class Rfc2136Provider(Provider):
     def create(cls, name: str, config: Any) -> Rfc2136Provider:
         """Build the provider with its TSIG key; the secret is read here, never logged."""
         return cls(name, config, wire.DnsClient(config.timeout, wire.tsig_key(name, config.tsig)))
+
+    def bound_calls(self, seconds: float) -> None:
+        # dnspython's timeout bounds the whole TCP exchange: an UPDATE fits in it.
+        self.client.timeout = min(self.client.timeout, seconds)
 
     @classmethod
     def validate_service(cls, service: ServiceConfig, config: Any) -> list[tuple[str, str]]:
@@ -317,7 +322,10 @@ class Rfc2136Provider(Provider):
     async def _submit(self, zone: str, changes: Sequence[Change]) -> bool:
         """Send one UPDATE; False when a prerequisite failed (then nothing was changed)."""
         message = wire.update_message(zone, changes)
-        response = await self.client.exchange(message, self.server, f"update zone={zone}")
+        what = f"update zone={zone}"
+        response = await self.client.exchange(
+            message, self.server, what, guard=functools.partial(self.may_write, what)
+        )
         rcode = response.rcode()
         if rcode in CONFLICT_RCODES:
             log.warning(

@@ -7,6 +7,7 @@ points it at a local emulation).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -75,6 +76,10 @@ class Route53Provider(Provider):
     def __init__(self, name: str, config: Route53Config, client: Any) -> None:
         super().__init__(name, config)
         self.client = client
+        self.timeout = config.timeout
+        # Rebuilds the client with a shorter timeout (cluster mode); None for a client
+        # handed in (tests), whose timeouts are its maker's.
+        self.make_client: Callable[[float], Any] | None = None
         self.budget = CallBudget(config.max_calls_per_second)
         self._zone_ids: dict[str, str] = {}
         # The raw record sets of the last read: a DELETE must repeat a record set exactly.
@@ -82,10 +87,23 @@ class Route53Provider(Provider):
 
     @classmethod
     def create(cls, name: str, config: Any) -> Route53Provider:
-        return cls(name, config, aws.client("route53", config.region, config.timeout))
+        provider = cls(name, config, aws.client("route53", config.region, config.timeout))
+        provider.make_client = functools.partial(aws.client, "route53", config.region)
+        return provider
 
-    async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        result: T = await aws.call(f"route53 {what}", self.budget, fn, TRANSIENT_CODES, **kwargs)
+    def bound_calls(self, seconds: float) -> None:
+        timeout = aws.bounded_timeout(self.config.timeout, seconds)
+        if timeout < self.timeout and self.make_client is not None:
+            self.client, self.timeout = self.make_client(timeout), timeout
+
+    async def _call(
+        self, what: str, fn: Callable[..., T], *, write: bool = False, **kwargs: Any
+    ) -> T:
+        """The one edge to Route53: every call goes through ``aws.call``, and a ``write``
+        asks the provider's authority first, with the call's own timeout."""
+        label = f"route53 {what}"
+        guard = (lambda: self.may_write(label, aws.call_time(self.timeout))) if write else None
+        result: T = await aws.call(label, self.budget, fn, TRANSIENT_CODES, guard=guard, **kwargs)
         return result
 
     async def zone_id(self, zone: str) -> str:
@@ -216,6 +234,7 @@ class Route53Provider(Provider):
             reply = await self._call(
                 "ChangeResourceRecordSets",
                 self.client.change_resource_record_sets,
+                write=True,
                 HostedZoneId=zone_id,
                 ChangeBatch={"Changes": batch},
             )

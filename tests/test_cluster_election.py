@@ -90,7 +90,63 @@ def test_is_leader_runs_out_with_the_lease_on_the_local_clock(client: EtcdClient
     assert not leader.is_leader(), "no provider call with less than the margin left"
     assert leader.is_leader(0.0)
     clock.now += leader.default_margin
-    assert not leader.is_leader(0.0) and leader.fence() is None
+    assert not leader.is_leader(0.0) and not leader.writable()
+    assert not leader.may_act(0.0)
+
+
+def test_a_call_is_started_only_if_the_lease_outlasts_it(client: EtcdClient) -> None:
+    """Virtual time: ``may_act`` compares the lease left with the call's own timeout."""
+    clock = FakeClock()
+    leader = Election(client, PREFIX, "a", TTL, clock=clock)
+    assert leader.step().leading
+    margin = leader.default_margin
+    assert leader.may_act(leader.call_limit())
+    assert not leader.may_act(TTL - margin), "a call as long as the lease is never started"
+    clock.now += 0.5
+    assert leader.may_act(TTL - margin - 0.6)
+    assert not leader.may_act(TTL - margin - 0.4), "this call could outlive the lease"
+    # The longest call allowed can start at any moment until a keepalive is due.
+    clock.now = 1000.0 + leader.period
+    assert leader.may_act(leader.call_limit())
+
+
+def test_no_write_without_a_recent_keepalive_answer(client: EtcdClient) -> None:
+    """A keepalive that is late (here: never sent) stops writes before the deadline does."""
+    clock = FakeClock()
+    leader = Election(client, PREFIX, "a", 60, clock=clock)
+    assert leader.step().leading
+    clock.now += leader.fresh_for + 0.01
+    assert leader.is_leader(0.0), "the deadline alone still allows"
+    assert not leader.writable() and not leader.may_act(0.0)
+    leader.step()  # a keepalive answered
+    assert leader.writable() and leader.may_act(0.0)
+
+
+def test_the_lease_is_counted_on_boottime() -> None:
+    import time
+
+    from trafficflip.cluster.election import boottime
+
+    # BOOTTIME includes suspended time: never behind the monotonic clock.
+    assert boottime() >= time.monotonic() - 0.01
+    assert Election.__init__.__kwdefaults__["clock"] is boottime
+
+
+def test_a_term_that_ended_is_fenced_even_if_the_same_instance_leads_again(
+    client: EtcdClient,
+) -> None:
+    leader = Election(client, PREFIX, "a", TTL)
+    assert leader.step().leading
+    old = leader.term()
+    leader.resign()
+    assert leader.step().leading
+    assert leader.term() != old
+    assert leader.fence(old) is None
+    new_fence = leader.fence(leader.term())
+    assert new_fence is not None
+    assert client.txn([new_fence], [put_op(f"{PREFIX}/state", b"x")]).succeeded
+    stale = Compare(f"{PREFIX}/leader", "CREATE", old)
+    assert not client.txn([stale], [put_op(f"{PREFIX}/state", b"y")]).succeeded
 
 
 def test_one_member_down_changes_nothing(etcd: EtcdCluster, client: EtcdClient) -> None:

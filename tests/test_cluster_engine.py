@@ -3,13 +3,17 @@ health, and no provider write happens without lease margin."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
 
 from tests.test_engine import config
 from trafficflip.backend.testing import MemoryProvider
 from trafficflip.cluster.engine import ClusterEngine
+from trafficflip.cluster.fencing import FencedProvider
 from trafficflip.decision.health import CheckHealth
 from trafficflip.decision.model import ProbeResult, Status
+from trafficflip.errors import TransientProviderError
 from trafficflip.runtime.state import SqliteStateStore
 
 
@@ -26,13 +30,20 @@ class Rig:
             self.store,
             {"mem": self.provider},
             leading=lambda: self.leading,
-            may_write=lambda: self.may_write,
+            authority=self,
             observed=lambda key, result: self.observed.append(key),
             refused=self.refused,
         )
 
     def refused(self) -> None:
         self.refusals += 1
+
+    # The authority port (``backend/provider.py``): the lease, as the test sets it.
+    def may_act(self, timeout: float) -> bool:
+        return self.may_write
+
+    def call_limit(self) -> float:
+        return 1.0
 
     def vote(self, site: str, status: Status) -> None:
         port = 1 if site == "primary" else 2
@@ -116,3 +127,44 @@ async def test_a_follower_validates_commands_and_leaves_them_to_the_leader() -> 
     assert rig.engine.take_commands()[queued.id].ok
     await rig.settle()
     assert rig.store.pending() == []
+
+
+async def test_a_reload_fences_every_new_provider() -> None:
+    """Issue 22 A1: providers built by a reload (SIGHUP, POST /api/v1/reload: both call
+    ``Engine.reload``) are fenced as those built at start."""
+    rig = Rig()
+    rig.leading = True
+    fresh = MemoryProvider()
+    rig.engine.reload(config().services, {"mem": fresh})
+    for provider in [
+        *rig.engine.providers.values(),
+        *(s.provider for s in rig.engine.syncs.values()),
+    ]:
+        assert isinstance(provider, FencedProvider) and provider.authority is rig
+    assert fresh.authority is rig, "the adapter's own writes ask the lease too"
+    rig.may_write = False
+    rig.vote("primary", Status.UP)
+    rig.vote("dr", Status.UP)
+    await rig.settle()
+    assert fresh.applies == 0 and rig.refusals >= 1
+
+
+async def test_losing_leadership_drops_pending_retries() -> None:
+    """Issue 22 A1: a deposed leader's sync must not retry its old term's writes."""
+    rig = Rig()
+    rig.leading = True
+    rig.provider.fail = lambda: TransientProviderError("lagging", kind="lagging")
+    rig.vote("primary", Status.UP)
+    rig.vote("dr", Status.UP)
+    await rig.engine.idle()
+    sync = rig.engine.syncs["mem"]
+    retry_at = sync.retry_at
+    assert retry_at is not None and sync.status.pending
+    rig.provider.fail = None
+    rig.leading = False
+    rig.engine.demote()
+    assert sync.retry_at is None and sync.status.pending == 0
+    # Past the moment the retry was due, and a little more: nothing was sent.
+    while time.monotonic() < retry_at + 0.3:
+        await asyncio.sleep(0.05)
+    assert rig.provider.applies == 0

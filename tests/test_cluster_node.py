@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 from tests.test_engine import config
+from trafficflip.cluster import election as election_module
+from trafficflip.cluster import node as node_module
+from trafficflip.cluster.election import boottime
 from trafficflip.cluster.node import ClusterNode, check_id
 from trafficflip.cluster.vote import Vote
 from trafficflip.config.schema import ClusterConfig
 from trafficflip.decision.model import ProbeResult, Status
+from trafficflip.runtime.clock import Clock
 
 UP, DOWN, UNKNOWN = Status.UP, Status.DOWN, Status.UNKNOWN
 
@@ -72,3 +79,19 @@ def test_not_ready_while_etcd_is_away() -> None:
     assert n.store  # the store fails fast through the same problem
     n.election.etcd_ok, n.election.leader = True, "edge-b"
     assert n.not_ready_reasons() == []
+
+
+def test_the_nodes_time_is_injected() -> None:
+    """Issue 22 3b: the lease runs on the clock given (CLOCK_BOOTTIME by default), the loop
+    and the verdicts on the Clock given, so a test can run a node in virtual time."""
+    now = [500.0]
+    clock = Clock(lambda: now[0], lambda: 1_700_000_000.0 + now[0])
+    cluster = ClusterConfig(etcd=["http://127.0.0.1:9"], name="edge-a", lease_ttl=3.0)
+    n = ClusterNode(config(), cluster, clock=clock, lease_clock=lambda: now[0])
+    assert n.election.clock() == 500.0
+    now[0] += 7
+    assert n.election.clock() == 507.0 and n.clock.wall() == 1_700_000_507.0
+    assert ClusterNode(config(), cluster).election.clock is boottime
+    for module in (node_module, election_module):
+        calls = re.findall(r"\btime\.\w+", inspect.getsource(module))
+        assert set(calls) <= {"time.clock_gettime", "time.CLOCK_BOOTTIME"}, calls

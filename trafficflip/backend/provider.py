@@ -7,19 +7,49 @@ Adapters live in ``trafficflip.providers`` (or any package registering a class u
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from trafficflip.config.schema import NoServiceKeys, ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Change, Plan, check_safe
-from trafficflip.errors import ProviderError, UnsafePlanError
+from trafficflip.errors import NotLeaderError, ProviderError, UnsafePlanError
 
 log = logging.getLogger("trafficflip.backend.provider")
+
+
+class Authority(Protocol):
+    """Whether this instance may change a backend now: the one port every backend write asks.
+
+    A single instance always may. In cluster mode it is the leader's lease
+    (``cluster/election.py``): a write is started only if the lease provably outlasts it.
+    """
+
+    def may_act(self, timeout: float) -> bool:
+        """True if a backend call that may take up to ``timeout`` seconds can start now."""
+        ...
+
+    def call_limit(self) -> float:
+        """The longest call this authority can ever vouch for (seconds; ``inf``: any)."""
+        ...
+
+
+class Always:
+    """The authority of a single instance: nothing else writes, every call may start."""
+
+    def may_act(self, timeout: float) -> bool:
+        return True
+
+    def call_limit(self) -> float:
+        return math.inf
+
+
+ALWAYS = Always()
 
 
 @dataclass(frozen=True)
@@ -69,6 +99,30 @@ class Provider(ABC):
         # Instances of a backend that do not hold the last answers (one of several HAProxy
         # processes down or restarted); set by read()/_apply(), shown by status.
         self.lagging_instances: tuple[str, ...] = ()
+        self.authority: Authority = ALWAYS
+
+    def authorize(self, authority: Authority) -> None:
+        """Ask ``authority`` before every backend write from now on; the core calls this
+        (cluster mode: the leader's lease), adapters never do. Call timeouts are bounded
+        by what the authority can vouch for, so a write can be started at all."""
+        self.authority = authority
+        self.bound_calls(authority.call_limit())
+
+    def bound_calls(self, seconds: float) -> None:  # noqa: B027 - optional hook
+        """Hook: make one backend write take at most ``seconds`` (its timeouts lowered).
+        Called by ``authorize``; ``math.inf`` leaves the configured timeouts."""
+
+    def may_write(self, what: str, timeout: float) -> None:
+        """Raise ``NotLeaderError`` unless a write of up to ``timeout`` seconds may start.
+
+        Adapters call this at their one call edge, right before each backend write is sent
+        (after any quota wait: the lease may have run out meanwhile), never once per apply.
+        """
+        if not self.authority.may_act(timeout):
+            log.error("fencing_refused provider=%s call=%s timeout=%gs", self.name, what, timeout)
+            raise NotLeaderError(
+                f"{self.name}: {what} not sent: the lease may not outlast a {timeout:g}s call"
+            )
 
     @classmethod
     def create(cls, name: str, config: Any) -> Provider:

@@ -6,10 +6,12 @@ are transactions that compare the key's ``create_revision`` with the one it crea
 the lease runs out and another instance creates the key, that revision differs and a late
 write is refused by etcd itself.
 
-``is_leader(margin)`` adds a local guard for calls etcd cannot fence (provider writes): the
-lease's deadline is counted on the monotonic clock from the moment the keepalive was *sent*,
-so it never outlives the lease etcd holds; a paused or partitioned leader sees its deadline
-pass and stops before any other instance can have been elected.
+``may_act(timeout)`` is the authority every provider write asks (``backend/provider.py``):
+a call is started only if the lease provably outlasts it. The lease's deadline is counted
+from the moment the keepalive was *sent*, so it never outlives the lease etcd holds, on
+CLOCK_BOOTTIME, which (unlike CLOCK_MONOTONIC) keeps counting while the host is suspended:
+a resumed leader sees its deadline passed. Each write also needs a keepalive *answered*
+recently (``fresh_for``): a lease etcd confirmed, not one merely not known to be gone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from dataclasses import dataclass
 from trafficflip.cluster.etcd import Compare, EtcdClient, EtcdError, put_op, range_op
 
 log = logging.getLogger("trafficflip.cluster")
+
+
+def boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME: monotonic, and counting through a host's suspend."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class Election:
         name: str,
         ttl: float,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = boottime,
     ) -> None:
         self.client = client
         self.name = name
@@ -55,6 +62,8 @@ class Election:
         self.clock = clock
         self.lease = 0
         self.deadline = 0.0
+        # When etcd last answered a keepalive or grant, on ``clock``.
+        self.answered = -math.inf
         # create_revision of the leader key while we hold it; 0 when we do not.
         self.revision = 0
         self.leader: str | None = None
@@ -72,17 +81,57 @@ class Election:
         """Spare lease time required before a provider call (a quarter of the TTL)."""
         return self.ttl / 4
 
+    @property
+    def fresh_for(self) -> float:
+        """How long a keepalive answer vouches for writes: one keepalive period plus the
+        margin. Never below the period, or writes would stop between two healthy keepalives;
+        one keepalive late or lost and every write waits for the next answer."""
+        return self.period + self.default_margin
+
     def is_leader(self, margin: float | None = None) -> bool:
         """True while we hold the leader key and our lease has ``margin`` seconds left."""
         if margin is None:
             margin = self.default_margin
         return self.revision > 0 and self.clock() + margin < self.deadline
 
-    def fence(self) -> Compare | None:
-        """The txn guard for a leader write, or None when we may not write at all."""
-        if not self.is_leader(0.0):
+    def fresh(self) -> bool:
+        """etcd answered a keepalive of our lease less than ``fresh_for`` ago."""
+        return self.clock() - self.answered < self.fresh_for
+
+    def may_act(self, timeout: float) -> bool:
+        """The authority's answer: a backend call of up to ``timeout`` seconds may start.
+
+        We lead, a keepalive was answered recently, and the lease outlasts the whole call by
+        the margin, so the call ends before any other instance can be elected.
+        """
+        return self.fresh() and self.is_leader(self.default_margin + timeout)
+
+    def call_limit(self) -> float:
+        """The longest provider call in cluster mode: the margin (a quarter of the TTL).
+
+        ``may_act`` then needs half the TTL left; keepalives come every third of it, so a
+        call can start at any time between two of them, with a twelfth of the TTL to spare
+        for a keepalive that comes late."""
+        return self.default_margin
+
+    def term(self) -> int:
+        """The term we hold: the leader key's create_revision while we hold it, else 0."""
+        return self.revision
+
+    def writable(self) -> bool:
+        """A state write may be sent now: the lease's deadline has not passed and etcd
+        answered a keepalive recently. Otherwise the write waits (it is not refused: etcd
+        may yet confirm the lease, or end the term, which refuses it)."""
+        return self.fresh() and self.is_leader(0.0)
+
+    def fence(self, term: int | None = None) -> Compare | None:
+        """The txn guard for a write made in ``term`` (default: the one we hold now), or
+        None when that term is not ours now. etcd compares the revision, so a term that
+        ended is refused there too, even if this instance has been elected again since."""
+        current = self.revision
+        if current == 0 or (term is not None and term != current):
             return None
-        return Compare(self.key, "CREATE", self.revision)
+        return Compare(self.key, "CREATE", current)
 
     def step(self) -> Leadership:
         """Refresh the lease (or get a new one), try to take the leader key, see who leads.
@@ -104,13 +153,13 @@ class Election:
         if self.lease:
             remaining = self.client.keepalive(self.lease)
             if remaining > 0:
-                self.deadline = sent + remaining
+                self.deadline, self.answered = sent + remaining, self.clock()
                 return
             log.warning("lease_expired name=%s lease=%x", self.name, self.lease)
             self._lose("lease expired")
             self.lease = 0
         self.lease = self.client.grant(self.ttl)
-        self.deadline = sent + self.ttl
+        self.deadline, self.answered = sent + self.ttl, self.clock()
 
     def _campaign(self) -> None:
         absent = Compare(self.key, "CREATE", 0)

@@ -6,7 +6,10 @@ Every seam is small and listed here:
   which publishes it. The engine's check health comes from the vote (``set_check_health``).
 - ``request``/``tick``/``reconcile``/``take_commands``/``execute``: only the leader decides
   and writes; followers probe, publish, and leave operator commands in etcd for the leader.
-- providers are wrapped in ``FencedProvider`` (no provider call without lease margin).
+- ``_set_providers``: every provider, whatever built it (start, reload, a later rebuild),
+  is wrapped in ``FencedProvider``, so each backend write asks the lease first.
+- ``demote``: a deposed leader forgets every sync's pending services and retry waits.
+- the writer binds each state write to the term it was made in (``StateWriter.bind_term``).
 - ``take_over``: a new leader reads every service's state from etcd before acting, so it
   continues each ramp from its stored step (the step's hold starts over: never early).
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from trafficflip.backend.provider import Provider
+from trafficflip.backend.provider import Authority, Provider
 from trafficflip.cluster.fencing import fenced
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.commands import CommandResult, apply_command
@@ -38,15 +41,30 @@ class ClusterEngine(Engine):
         providers: Mapping[str, Provider],
         *,
         leading: Callable[[], bool],
-        may_write: Callable[[], bool],
+        authority: Authority,
         observed: Callable[[str, ProbeResult], None],
         refused: Callable[[], None],
+        term: Callable[[], int] = lambda: 0,
         clock: Clock | None = None,
     ) -> None:
         self.leading = leading
+        self.authority = authority
         self._observed = observed
-        wrapped = {name: fenced(p, may_write, refused) for name, p in providers.items()}
-        super().__init__(services, store, wrapped, clock)
+        self._refused = refused
+        super().__init__(services, store, providers, clock)
+        if self.writer is not None:
+            self.writer.bind_term(term)
+
+    def _set_providers(self, providers: Mapping[str, Provider]) -> None:
+        """Every provider the engine is given goes through here (start and every reload):
+        the one place they are fenced."""
+        wrapped = {name: fenced(p, self.authority, self._refused) for name, p in providers.items()}
+        super()._set_providers(wrapped)
+
+    def demote(self) -> None:
+        """This instance stopped leading: no sync may keep a retry of the old term."""
+        for sync in self.syncs.values():
+            sync.drop_pending()
 
     def observe(self, key: str, result: ProbeResult) -> None:
         """This vantage point's probe: to the node for publishing, not into decisions."""

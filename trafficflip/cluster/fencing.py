@@ -1,9 +1,11 @@
 """Provider writes only while leading: a wrapper like ``ReadOnlyProvider``, for cluster mode.
 
 etcd fences state writes by itself (a txn on the leader key's revision); a provider call
-cannot be fenced that way, so ``apply`` first checks that the lease still has ``margin``
-seconds left on the local monotonic clock. The residual window: a call already in flight
-when the lease runs out cannot be recalled; ``margin`` bounds it for calls shorter than it.
+cannot be fenced that way. So the wrapped provider is given the election as its
+``Authority`` (``backend/provider.py``), which every backend write asks right before it is
+sent, with that call's own timeout: a call that could outlive the lease is not started, and
+the calls' timeouts are bounded so that one can be (``Election.call_limit``). ``apply``
+also refuses at once when the lease is not held at all, before any read or quota wait.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from trafficflip.backend.provider import Provider, Receipt, wrapper_class
+from trafficflip.backend.provider import Authority, Provider, Receipt, wrapper_class
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer
 from trafficflip.decision.plan import Plan
@@ -21,15 +23,17 @@ log = logging.getLogger("trafficflip.cluster")
 
 
 class FencedProvider(Provider):
-    """Reads go through; ``apply`` goes through only while ``leading()`` holds."""
+    """Reads go through; every write of the wrapped provider asks ``authority`` first."""
 
-    def __init__(
-        self, inner: Provider, leading: Callable[[], bool], refused: Callable[[], None]
-    ) -> None:
+    def __init__(self, inner: Provider, authority: Authority, refused: Callable[[], None]) -> None:
         super().__init__(inner.name, inner.config)
         self.inner = inner
-        self._leading = leading
+        self.authority = authority
+        inner.authorize(authority)
         self._refused = refused
+        # Said once per provider built: an operator whose backend needs longer calls raises
+        # cluster.lease_ttl (docs/cluster.md, Leader election and fencing).
+        log.info("provider_fenced provider=%s call_limit=%.2fs", inner.name, authority.call_limit())
 
     @property
     def lagging_instances(self) -> tuple[str, ...]:
@@ -44,14 +48,18 @@ class FencedProvider(Provider):
         return await self.inner.read(services)
 
     async def apply(self, plan: Plan) -> Receipt | None:
-        """The wrapped provider's apply, refused unless this instance leads with margin."""
+        """The wrapped provider's apply, each of its writes asked of the authority."""
         if not plan:
             return None
-        if not self._leading():
+        if not self.authority.may_act(0.0):
             self._refused()
             log.error("fencing_refused provider=%s %s: not the leader", self.name, plan.summary)
             raise NotLeaderError(f"{self.name}: not the cluster leader, refusing {plan.summary}")
-        return await self.inner.apply(plan)
+        try:
+            return await self.inner.apply(plan)
+        except NotLeaderError:
+            self._refused()  # a write in the middle of the apply was not sent
+            raise
 
     async def _apply(self, plan: Plan) -> Receipt:
         raise NotLeaderError(f"{self.name}: apply goes through the wrapped provider")
@@ -63,8 +71,8 @@ class FencedProvider(Provider):
         await self.inner.close()
 
 
-def fenced(
-    provider: Provider, leading: Callable[[], bool], refused: Callable[[], None]
-) -> Provider:
-    """``provider`` with the same capabilities, writing only while ``leading()``."""
-    return wrapper_class(provider, FencedProvider, "Fenced")(provider, leading, refused)
+def fenced(provider: Provider, authority: Authority, refused: Callable[[], None]) -> Provider:
+    """``provider`` with the same capabilities, writing only while ``authority`` allows."""
+    if isinstance(provider, FencedProvider):
+        return provider
+    return wrapper_class(provider, FencedProvider, "Fenced")(provider, authority, refused)

@@ -18,12 +18,12 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from trafficflip.backend.provider import Provider
-from trafficflip.cluster.election import Election, Leadership
+from trafficflip.cluster.election import Election, Leadership, boottime
 from trafficflip.cluster.engine import ClusterEngine
 from trafficflip.cluster.etcd import REQUEST_TIMEOUT, EtcdClient, EtcdError, put_op
 from trafficflip.cluster.store import EtcdStateStore
@@ -59,8 +59,18 @@ class ClusterCounters:
 class ClusterNode:
     """Runs beside the scheduler (a ``Component``): ``start`` once etcd answered."""
 
-    def __init__(self, config: Config, cluster: ClusterConfig) -> None:
+    def __init__(
+        self,
+        config: Config,
+        cluster: ClusterConfig,
+        *,
+        clock: Clock | None = None,
+        lease_clock: Callable[[], float] = boottime,
+    ) -> None:
+        """``clock`` paces the loop and dates verdicts (the probes' monotonic clock);
+        ``lease_clock`` counts the lease (CLOCK_BOOTTIME: it runs on through a suspend)."""
         self.config = config
+        self.clock = clock or Clock()
         self.cluster = cluster
         self.name = cluster.name
         self.prefix = cluster.prefix.rstrip("/")
@@ -68,9 +78,15 @@ class ClusterNode:
         # The engine's store calls come from the event loop, the election's from a thread:
         # a client each, so neither waits on the other's connection.
         self.store_client = _client(cluster)
-        self.election = Election(self.client, self.prefix, self.name, cluster.lease_ttl)
+        self.election = Election(
+            self.client, self.prefix, self.name, cluster.lease_ttl, clock=lease_clock
+        )
         self.store = EtcdStateStore(
-            self.store_client, self.prefix, self.election.fence, etcd_problem=self.etcd_problem
+            self.store_client,
+            self.prefix,
+            self.election.fence,
+            writable=self.election.writable,
+            etcd_problem=self.etcd_problem,
         )
         self.local = HealthMonitor(config.services)
         self.ids = {key: check_id(key) for key in self.local.jobs}
@@ -102,9 +118,11 @@ class ClusterNode:
             self.store,
             providers,
             leading=self.leading,
-            may_write=self.election.is_leader,
+            authority=self.election,
             observed=self.observe,
             refused=self._refused,
+            term=self.election.term,
+            clock=self.clock,
         )
         return self.engine
 
@@ -171,8 +189,8 @@ class ClusterNode:
     async def _run(self) -> None:
         next_step = 0.0
         while not self._stop.is_set():
-            if time.monotonic() >= next_step:
-                next_step = time.monotonic() + self.election.period
+            if self.clock.now() >= next_step:
+                next_step = self.clock.now() + self.election.period
                 self._stepped(await asyncio.to_thread(self.election.step))
             if self.election.etcd_ok:
                 try:
@@ -193,6 +211,8 @@ class ClusterNode:
             self._take_over()
         elif not step.leading and self._led:
             self._led = False
+            if self.engine is not None:
+                self.engine.demote()
             log.warning("follower name=%s leader=%s", self.name, step.leader)
 
     def _take_over(self) -> None:
@@ -221,11 +241,13 @@ class ClusterNode:
             self._dirty = set(self.ids)  # a new lease: the old verdicts went with the old one
         dirty, self._dirty = self._dirty, set()
         ops = [self._verdict_op(key, lease) for key in dirty]
-        now = time.monotonic()
+        now = self.clock.now()
         if ops or now - self._last_heartbeat >= self.heartbeat or lease != self._published_lease:
             ops.append(
                 put_op(
-                    self._key("members", self.name), json.dumps({"at": time.time()}).encode(), lease
+                    self._key("members", self.name),
+                    json.dumps({"at": self.clock.wall()}).encode(),
+                    lease,
                 )
             )
             self._last_heartbeat = now
@@ -240,7 +262,7 @@ class ClusterNode:
 
     def _verdict_op(self, key: str, lease: int) -> dict[str, Any]:
         verdict = self.verdict(key)
-        since = None if verdict.since is None else _CLOCK.to_wall(verdict.since)
+        since = None if verdict.since is None else self.clock.to_wall(verdict.since)
         value = {"status": verdict.status.value, "since": since, "reason": verdict.reason}
         return put_op(
             self._key("verdicts", self.name, self.ids[key]), json.dumps(value).encode(), lease
@@ -253,7 +275,7 @@ class ClusterNode:
             kv.key.rsplit("/", 1)[1]: float(json.loads(kv.value)["at"])
             for kv in self.client.range(self._key("members", ""), prefix=True)
         }
-        now = time.monotonic()
+        now = self.clock.now()
         full = now - self._last_full_read >= self.heartbeat
         changed, revision = self.client.changes(
             self._key("verdicts", ""), 0 if full else self._read_revision
@@ -263,7 +285,7 @@ class ClusterNode:
         for kv in changed:
             member, check = kv.key.rsplit("/", 2)[1:]
             raw = json.loads(kv.value)
-            since = None if raw["since"] is None else _CLOCK.from_wall(raw["since"])
+            since = None if raw["since"] is None else self.clock.from_wall(raw["since"])
             verdict = Verdict(Status(raw["status"]), since, raw["reason"])
             self._verdicts.setdefault(member, {})[check] = verdict
         # A member whose lease went took its verdicts along: forget them too.
@@ -276,7 +298,11 @@ class ClusterNode:
 
     def _apply_votes(self) -> None:
         votes, isolated = tally(
-            list(self.ids.values()), self.members, self.cluster.quorum, time.time(), self.window
+            list(self.ids.values()),
+            self.members,
+            self.cluster.quorum,
+            self.clock.wall(),
+            self.window,
         )
         if isolated != self.isolated:
             log.warning("isolated members=%s", ",".join(sorted(isolated)) or "none")
@@ -312,9 +338,6 @@ class ClusterNode:
         return "/".join([self.prefix, *parts])
 
 
-_CLOCK = Clock()
-
-
 def _client(cluster: ClusterConfig) -> EtcdClient:
     auth = None
     if cluster.username is not None:
@@ -343,4 +366,4 @@ async def start_cluster(
 
 def open_command_store(cluster: ClusterConfig) -> EtcdStateStore:
     """A store for submitting operator commands from the CLI (never a leader's writes)."""
-    return EtcdStateStore(_client(cluster), cluster.prefix, lambda: None, owns_client=True)
+    return EtcdStateStore(_client(cluster), cluster.prefix, lambda term: None, owns_client=True)

@@ -9,9 +9,13 @@ Keys under the cluster's prefix::
     journal/ID        one journal entry; the oldest are trimmed past JOURNAL_KEEP
 
 Writes that decide traffic (``save``, ``complete``, ``record_change``) are transactions
-guarded by the election's fence: a deposed leader's write is refused by etcd, journaled as
-``fencing_refused`` (an unguarded append: a record of the refusal, not state), counted, and
-raised as ``NotLeaderError``. Appending to the journal and submitting commands need no
+guarded by the election's fence for the term they were made in (a writer batch's ``term``):
+a write of a term that ended is refused, here or by etcd, journaled as ``fencing_refused``
+(an unguarded append: a record of the refusal, not state), counted, and raised as
+``NotLeaderError``, which the writer drops, never replays. While the lease is not confirmed
+(``writable`` false: no keepalive answered recently) a write waits, as when etcd is down.
+Journal lines of a refused batch are still written: they are history, not a claim to lead.
+Appending to the journal and submitting commands need no
 leadership. While the election's last step could not reach etcd, every call fails at once
 with ``EtcdUnavailable`` instead of stalling the event loop on timeouts.
 """
@@ -51,8 +55,9 @@ class EtcdStateStore:
         self,
         client: EtcdClient,
         prefix: str,
-        fence: Callable[[], Compare | None],
+        fence: Callable[[int | None], Compare | None],
         *,
+        writable: Callable[[], bool] = lambda: True,
         etcd_problem: Callable[[], str | None] = lambda: None,
         journal_keep: int = JOURNAL_KEEP,
         owns_client: bool = False,
@@ -60,6 +65,7 @@ class EtcdStateStore:
         self.client = client
         self.prefix = prefix.rstrip("/")
         self._fence = fence
+        self._writable = writable
         self._problem = etcd_problem
         self.journal_keep = journal_keep
         self._owns_client = owns_client
@@ -72,31 +78,41 @@ class EtcdStateStore:
 
     # -- fenced writes -----------------------------------------------------------------------
 
-    def save(self, service: str, state: ServiceState, entries: Sequence[JournalEntry]) -> None:
+    def save(
+        self,
+        service: str,
+        state: ServiceState,
+        entries: Sequence[JournalEntry],
+        term: int | None = None,
+    ) -> None:
         ops = [put_op(self._key("services", service), state_to_json(state).encode())]
         ops += [self._journal_op(e) for e in entries]
-        self._fenced(f"save service={service}", ops, service)
+        self._fenced(f"save service={service}", ops, service, term)
         self._appends += len(entries)
         self._trim()
 
-    def complete(self, command_id: int, result: str) -> None:
+    def complete(self, command_id: int, result: str, term: int | None = None) -> None:
         ops = [
             delete_op(self._key("commands", _id(command_id))),
             put_op(self._key("results", _id(command_id)), result.encode()),
         ]
-        self._fenced(f"complete command={command_id}", ops, "")
+        self._fenced(f"complete command={command_id}", ops, "", term)
 
-    def record_change(self, record: ChangeRecord) -> None:
+    def record_change(self, record: ChangeRecord, term: int | None = None) -> None:
         value = json.dumps(asdict(record)).encode()
         self._fenced(
             f"record_change service={record.service}",
             [put_op(self._key("changes", record.service), value)],
             record.service,
+            term,
         )
 
-    def _fenced(self, what: str, ops: list[dict[str, Any]], service: str) -> None:
+    def _fenced(self, what: str, ops: list[dict[str, Any]], service: str, term: int | None) -> None:
+        """``ops`` in one transaction, only in ``term`` (None: the term held now)."""
         self._check_etcd()
-        fence = self._fence()
+        fence = self._fence(term)
+        if fence is not None and not self._writable():
+            raise EtcdUnavailable(f"{what}: the lease is not confirmed by a recent keepalive")
         if fence is None or not self.client.txn([fence], ops).succeeded:
             self.refusals += 1
             log.error("fencing_refused %s: not the leader (lease lost or deposed)", what)
@@ -112,16 +128,23 @@ class EtcdStateStore:
     # -- the StateWriter's contract ---------------------------------------------------------
 
     def write(self, batch: WriteBatch) -> None:
-        """A writer batch: each state fenced on its own, then journal lines, changes and
-        command results (etcd limits the operations of one transaction)."""
-        for service, state in batch.states.items():
-            self.save(service, state, [])
+        """A writer batch: each state fenced on its own in the batch's term, then journal
+        lines, changes and command results (etcd limits the operations of one transaction).
+        The journal lines are written even when the states are refused (see above)."""
+        refused: NotLeaderError | None = None
+        try:
+            for service, state in batch.states.items():
+                self.save(service, state, [], batch.term)
+        except NotLeaderError as exc:
+            refused = exc
         for start in range(0, len(batch.entries), TXN_OPS):
             self.append(batch.entries[start : start + TXN_OPS])
+        if refused is not None:
+            raise refused
         for record in batch.changes.values():
-            self.record_change(record)
+            self.record_change(record, batch.term)
         for command_id, result in batch.completed.items():
-            self.complete(command_id, result)
+            self.complete(command_id, result, batch.term)
 
     def touch(self) -> None:
         """Readiness: etcd answers (the election's last step reached it)."""

@@ -71,6 +71,9 @@ class WriteBatch:
     entries: list[JournalEntry]
     changes: dict[str, ChangeRecord]
     completed: dict[int, str]
+    # Cluster mode: the leader's term (fence revision) the states, changes and results were
+    # made in; a store refuses them once that term ended. 0 outside cluster mode.
+    term: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.states or self.entries or self.changes or self.completed)

@@ -148,7 +148,15 @@ class ProviderSync:
         return self._retry_at
 
     def drop_pending(self) -> None:
-        """Forget every pending write and retry (this instance may no longer write)."""
+        """Forget every pending service and retry wait, and stop the worker (cluster mode:
+        this instance stopped leading, and a retry of its term must never be sent). The
+        sync stays usable: a request after a re-election starts a new worker."""
+        self._forget()
+        if self._worker is not None:
+            self._worker.cancel()
+        self._quiet.set()
+
+    def _forget(self) -> None:
         self._pending.clear()
         self._urgent_names.clear()
         self._retry_at = self._urgent_retry_at = None
@@ -169,7 +177,7 @@ class ProviderSync:
         """Take no more work (a reload replaced this sync): a call in flight finishes and
         is journaled, and the successor's first call waits for it; a wait is cut short."""
         self._closed = True
-        self.drop_pending()
+        self._forget()
         if self._worker is not None and not self._in_call:
             self._worker.cancel()
         self._quiet.set()

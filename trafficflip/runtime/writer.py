@@ -4,6 +4,11 @@ Writes go to a queue and are written by a thread of their own, one transaction p
 the event loop never waits on a disk, a lock or a full file system. While the store fails,
 everything stays queued in memory (states coalesced per service: only the newest matters)
 and is written once it works again. A traffic change never waits for its record.
+
+In cluster mode (``bind_term``) what claims to lead (states, change records, command
+results) is bound to the leader's term it was made in: queued work of a term that ended is
+dropped, never replayed in a later one, even one of this same instance. Journal lines are
+history, not a claim: they are always kept and written.
 """
 
 from __future__ import annotations
@@ -48,18 +53,34 @@ class _Queue:
     entries: list[JournalEntry] = field(default_factory=list)
     changes: dict[str, ChangeRecord] = field(default_factory=dict)
     completed: dict[int, str] = field(default_factory=dict)
+    # The term the states, changes and results were made in (see the module docstring).
+    term: int = 0
 
     def take(self) -> WriteBatch:
-        batch = WriteBatch(self.states, self.entries, self.changes, self.completed)
+        batch = WriteBatch(self.states, self.entries, self.changes, self.completed, self.term)
         self.states, self.entries, self.changes, self.completed = {}, [], {}, {}
         return batch
 
-    def put_back(self, batch: WriteBatch) -> None:
-        """A failed batch goes back behind nothing newer: newer states and records win."""
-        self.states = {**batch.states, **self.states}
+    def enter(self, term: int) -> int:
+        """Queue work of ``term`` from now on; the number of queued claims of an older term
+        dropped (their term ended when another began)."""
+        if term == self.term:
+            return 0
+        dropped = len(self.states) + len(self.changes) + len(self.completed)
+        self.states, self.changes, self.completed = {}, {}, {}
+        self.term = term
+        return dropped
+
+    def put_back(self, batch: WriteBatch) -> int:
+        """A failed batch goes back behind nothing newer: newer states and records win.
+        Its claims are dropped if a newer term began meanwhile (the count dropped)."""
         self.entries = batch.entries + self.entries
+        if batch.term != self.term:
+            return len(batch.states) + len(batch.changes) + len(batch.completed)
+        self.states = {**batch.states, **self.states}
         self.changes = {**batch.changes, **self.changes}
         self.completed = {**batch.completed, **self.completed}
+        return 0
 
     def __len__(self) -> int:
         return len(self.states) + len(self.entries) + len(self.changes) + len(self.completed)
@@ -81,6 +102,7 @@ class StateWriter:
         self._touch_every = touch_every
         self._on_failure = on_failure
         self._queue = _Queue()
+        self._term: Callable[[], int] = lambda: 0
         self._cond = threading.Condition()
         self._stopping = False
         self._busy = False
@@ -91,10 +113,16 @@ class StateWriter:
         self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
         self._thread.start()
 
+    def bind_term(self, term: Callable[[], int]) -> None:
+        """Cluster mode: ``term()`` is the leader's term now (0 when not leading); every
+        state, change record and command result is bound to the term it is queued in."""
+        self._term = term
+
     # -- what the service queues ---------------------------------------------------------
 
     def save(self, service: str, state: ServiceState, entries: Sequence[JournalEntry]) -> None:
         with self._cond:
+            self._enter_term()
             self._queue.states[service] = state
             self._add_entries(entries)
             self._cond.notify()
@@ -106,13 +134,21 @@ class StateWriter:
 
     def record_change(self, record: ChangeRecord) -> None:
         with self._cond:
+            self._enter_term()
             self._queue.changes[record.service] = record
             self._cond.notify()
 
     def complete(self, command_id: int, result: str) -> None:
         with self._cond:
+            self._enter_term()
             self._queue.completed[command_id] = result
             self._cond.notify()
+
+    def _enter_term(self) -> None:
+        term = self._term()
+        dropped = self._queue.enter(term)
+        if dropped:
+            log.error("store_write_dropped reason='term ended' items=%d new_term=%d", dropped, term)
 
     def _add_entries(self, entries: Sequence[JournalEntry]) -> None:
         self._queue.entries.extend(entries)
@@ -150,9 +186,13 @@ class StateWriter:
             except Exception as exc:  # any store failure: keep everything, say so, retry
                 failures += 1
                 with self._cond:
-                    self._queue.put_back(batch)
+                    dropped = self._queue.put_back(batch)
                     self._busy = False
                     stopping = self._stopping
+                if dropped:
+                    log.error(
+                        "store_write_dropped reason='term %d ended' items=%d", batch.term, dropped
+                    )
                 self._failed(exc)
                 if stopping and failures >= 3:
                     break  # shutting down: what is left is logged as lost below
