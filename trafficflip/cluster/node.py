@@ -27,7 +27,16 @@ from trafficflip.cluster.election import Election, Leadership
 from trafficflip.cluster.engine import ClusterEngine
 from trafficflip.cluster.etcd import REQUEST_TIMEOUT, EtcdClient, EtcdError, put_op
 from trafficflip.cluster.store import EtcdStateStore
-from trafficflip.cluster.vote import FRESH_INTERVALS, MemberView, Verdict, Vote, tally
+from trafficflip.cluster.vote import (
+    FRESH_INTERVALS,
+    MalformedEntry,
+    MemberView,
+    Verdict,
+    Vote,
+    parse_heartbeat,
+    parse_verdict,
+    tally,
+)
 from trafficflip.config.loader import Config
 from trafficflip.config.schema import ClusterConfig
 from trafficflip.decision.health import CheckHealth, observe
@@ -42,6 +51,10 @@ READ_EVERY = 0.25
 # etcd's default limit on operations in one transaction.
 MAX_TXN_OPS = 128
 START_RETRY = 1.0
+# Verdict keys per range request: members x checks can outgrow one request's timeout.
+READ_PAGE = 1000
+# The loop is stalled (``/readyz`` says so) after this many lease TTLs without a round.
+STALL_TTLS = 3.0
 
 
 def check_id(key: str) -> str:
@@ -54,6 +67,9 @@ class ClusterCounters:
     fencing_refusals: int = 0
     published: int = 0
     etcd_errors: int = 0
+    # Entries under the prefix skipped because this version cannot read them.
+    malformed: int = 0
+    loop_restarts: int = 0
 
 
 class ClusterNode:
@@ -89,6 +105,14 @@ class ClusterNode:
         self._read_revision = 0
         self._last_full_read = 0.0
         self._last_heartbeat = 0.0
+        # Wall time of the last verdict read that succeeded: votes older than ``window``
+        # count as unknown (the exchange failing while the election works).
+        self._read_wall = time.time()
+        # Malformed keys already reported, with the revision reported: one warning each.
+        self._malformed: dict[str, int] = {}
+        # Why the loop died last (cleared by its next full round) and when it last finished one.
+        self.failure: str | None = None
+        self.round_at = time.monotonic()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -125,12 +149,22 @@ class ClusterNode:
         return None if self.election.etcd_ok else f"etcd unavailable: {self.election.error}"
 
     def not_ready_reasons(self) -> list[str]:
-        """Why this instance is not ready, for ``/readyz``: etcd lost or no leader known."""
+        """Why this instance is not ready, for ``/readyz``: its loop died or stalled, etcd
+        lost, no leader known, or votes too old to count (from memory: no etcd call)."""
+        reasons = []
+        if self.failure is not None:
+            reasons.append(f"cluster: {self.failure}")
+        stalled = time.monotonic() - self.round_at
+        if stalled > STALL_TTLS * self.cluster.lease_ttl:
+            reasons.append(f"cluster: loop stalled, no round for {stalled:.0f}s")
         if not self.election.etcd_ok:
-            return [f"cluster: etcd unavailable (no quorum?): {self.election.error}"]
+            return [*reasons, f"cluster: etcd unavailable (no quorum?): {self.election.error}"]
         if self.election.leader is None:
-            return ["cluster: no leader elected"]
-        return []
+            return [*reasons, "cluster: no leader elected"]
+        age = time.time() - self._read_wall
+        if age > self.window:
+            reasons.append(f"cluster: votes stale, no verdicts read for {age:.0f}s")
+        return reasons
 
     # -- this vantage point ------------------------------------------------------------------
 
@@ -157,7 +191,8 @@ class ClusterNode:
     # -- the loop ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.round_at, self._read_wall = time.monotonic(), time.time()
+        self._task = asyncio.get_running_loop().create_task(self._supervise())
 
     async def stop(self) -> None:
         self._stop.set()
@@ -167,6 +202,23 @@ class ClusterNode:
         await asyncio.to_thread(self.election.resign)
         self.client.close()
         self.store_client.close()
+
+    async def _supervise(self) -> None:
+        """Run the loop; when it dies, say so (``/readyz`` 503 until a round succeeds) and
+        start it again: a dead loop renews no lease and votes on nothing, silently."""
+        while not self._stop.is_set():
+            try:
+                await self._run()
+            except Exception as exc:
+                self.counters.loop_restarts += 1
+                self.failure = f"loop died ({type(exc).__name__}: {exc}), restarted"
+                log.exception(
+                    "cluster_loop_died name=%s: restarting in %.0fs", self.name, START_RETRY
+                )
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=START_RETRY)
+                except TimeoutError:
+                    pass
 
     async def _run(self) -> None:
         next_step = 0.0
@@ -181,7 +233,9 @@ class ClusterNode:
                     self.counters.etcd_errors += 1
                     log.warning("cluster_exchange_failed name=%s error=%s", self.name, exc)
                 else:
-                    self._apply_votes()
+                    self._read_wall = time.time()
+            self._apply_votes()
+            self.failure, self.round_at = None, time.monotonic()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=READ_EVERY)
@@ -249,35 +303,67 @@ class ClusterNode:
     def _read_members(self) -> list[MemberView]:
         """Every live member with its verdicts. Verdicts are read incrementally (only keys
         changed since the last read); a full read once per heartbeat catches anything missed."""
-        seen = {
-            kv.key.rsplit("/", 1)[1]: float(json.loads(kv.value)["at"])
-            for kv in self.client.range(self._key("members", ""), prefix=True)
-        }
+        members_prefix = self._key("members", "")
+        seen = {}
+        for kv in self.client.range(members_prefix, prefix=True):
+            name = kv.key[len(members_prefix) :]
+            try:
+                if not name or "/" in name:
+                    raise MalformedEntry("not members/NAME")
+                seen[name] = parse_heartbeat(kv.value)
+            except MalformedEntry as exc:
+                self._skip(kv.key, kv.mod_revision, exc)
         now = time.monotonic()
         full = now - self._last_full_read >= self.heartbeat
+        verdicts_prefix = self._key("verdicts", "")
         changed, revision = self.client.changes(
-            self._key("verdicts", ""), 0 if full else self._read_revision
+            verdicts_prefix, 0 if full else self._read_revision, page=READ_PAGE
         )
         if full:
             self._verdicts, self._last_full_read = {}, now
         for kv in changed:
-            member, check = kv.key.rsplit("/", 2)[1:]
-            raw = json.loads(kv.value)
-            since = None if raw["since"] is None else _CLOCK.from_wall(raw["since"])
-            verdict = Verdict(Status(raw["status"]), since, raw["reason"])
-            self._verdicts.setdefault(member, {})[check] = verdict
+            try:
+                member, check = _two_parts(kv.key[len(verdicts_prefix) :])
+            except MalformedEntry as exc:
+                self._skip(kv.key, kv.mod_revision, exc)
+                continue
+            mine = self._verdicts.setdefault(member, {})
+            try:
+                status, since, reason = parse_verdict(kv.value)
+            except MalformedEntry as exc:
+                # As if absent: the member votes unknown on that check.
+                self._skip(kv.key, kv.mod_revision, exc)
+                mine.pop(check, None)
+                continue
+            local_since = None if since is None else _CLOCK.from_wall(since)
+            mine[check] = Verdict(status, local_since, reason)
         # A member whose lease went took its verdicts along: forget them too.
         self._verdicts = {m: v for m, v in self._verdicts.items() if m in seen}
         self._read_revision = revision
+        read_at = time.time()
         return [
-            MemberView(name, at, dict(self._verdicts.get(name, {})))
+            MemberView(name, at, dict(self._verdicts.get(name, {})), read_at)
             for name, at in sorted(seen.items())
         ]
 
+    def _skip(self, key: str, revision: int, exc: MalformedEntry) -> None:
+        """Count and log (once per written version) an entry this version cannot read."""
+        if self._malformed.get(key) == revision:
+            return
+        self._malformed[key] = revision
+        self.counters.malformed += 1
+        log.warning("cluster_entry_skipped key=%s error=%s", key, exc)
+
     def _apply_votes(self) -> None:
-        votes, isolated = tally(
-            list(self.ids.values()), self.members, self.cluster.quorum, time.time(), self.window
-        )
+        now = time.time()
+        if now - self._read_wall > self.window:
+            # Frozen verdicts are no evidence: every check unknown until a read succeeds.
+            stale = Vote.stale(now - self._read_wall)
+            votes, isolated = dict.fromkeys(self.ids.values(), stale), self.isolated
+        else:
+            votes, isolated = tally(
+                list(self.ids.values()), self.members, self.cluster.quorum, now, self.window
+            )
         if isolated != self.isolated:
             log.warning("isolated members=%s", ",".join(sorted(isolated)) or "none")
         self.votes, self.isolated = votes, isolated
@@ -298,8 +384,12 @@ class ClusterNode:
         voted = self.votes.get(self.ids[key])
         if voted is None:
             return replace(local, status=Status.UNKNOWN, since=None, probes=0)
-        decided = voted.status is not Status.UNKNOWN or (
-            bool(voted.votes) and all(s is not Status.UNKNOWN for s in voted.votes.values())
+        # Stale votes end no start-up and undo none: the check is unknown, not starting.
+        stale = voted.age is not None and voted.age > self.window
+        decided = (
+            stale
+            or voted.status is not Status.UNKNOWN
+            or (bool(voted.votes) and all(s is not Status.UNKNOWN for s in voted.votes.values()))
         )
         since = voted.since if voted.since is not None else local.since
         probes = local.probes if decided else 0
@@ -313,6 +403,14 @@ class ClusterNode:
 
 
 _CLOCK = Clock()
+
+
+def _two_parts(rest: str) -> tuple[str, str]:
+    """``MEMBER/CHECK`` of a verdict key, after the prefix."""
+    parts = rest.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise MalformedEntry("not verdicts/MEMBER/CHECK")
+    return parts[0], parts[1]
 
 
 def _client(cluster: ClusterConfig) -> EtcdClient:
