@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -16,8 +17,10 @@ from tests.etcd import EtcdCluster
 from tests.test_engine import config
 from trafficflip.backend.testing import MemoryProvider
 from trafficflip.cluster import api as cluster_api
+from trafficflip.cluster.election import Election
 from trafficflip.cluster.etcd import EtcdClient, EtcdError
 from trafficflip.cluster.node import ClusterNode
+from trafficflip.cluster.store import EtcdStateStore
 from trafficflip.config.schema import ClusterConfig
 from trafficflip.decision.model import Status
 
@@ -174,3 +177,35 @@ def test_the_verdict_read_is_paged_at_one_revision(client: EtcdClient) -> None:
     client.put(f"{PREFIX}/verdicts/m/3", b"{}")
     changed, _ = client.changes(f"{PREFIX}/verdicts/", revision, page=3)
     assert [kv.key for kv in changed] == [f"{PREFIX}/verdicts/m/3"]
+
+
+def test_command_ids_are_unique_and_ordered_whatever_the_clocks(
+    client: EtcdClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores = [EtcdStateStore(client, PREFIX, lambda: None) for _ in range(4)]
+    # Every submitting host's clock reads the same microsecond, and then goes back.
+    monkeypatch.setattr(time, "time_ns", lambda: 5_000_000_000)
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(
+            pool.map(
+                lambda i: stores[i % 4].submit("www", "hold", {"n": i}, "cli"),
+                range(40),
+            )
+        )
+    assert len(set(ids)) == 40
+    pending = stores[0].pending()
+    assert [c.id for c in pending] == sorted(ids)
+    assert sorted(c.args["n"] for c in pending) == list(range(40))  # none overwritten
+
+
+def test_a_command_result_is_read_once_and_leased(client: EtcdClient) -> None:
+    election = Election(client, PREFIX, "a", 2)
+    election.step()
+    leader = EtcdStateStore(client, PREFIX, election.fence)
+    command_id = EtcdStateStore(client, PREFIX, lambda: None).submit("www", "hold", {}, "cli")
+    leader.complete(command_id, "ok")
+    kv = client.get(f"{PREFIX}/results/{command_id:020d}")
+    assert kv is not None and kv.lease != 0 and leader.pending() == []
+    assert leader.command_result(command_id) == "ok"
+    assert leader.command_result(command_id) is None
+    election.resign()

@@ -4,8 +4,10 @@ Keys under the cluster's prefix::
 
     services/NAME     the service's ServiceState (JSON, wall-clock times)
     changes/NAME      the last provider change (ChangeRecord)
+    command_seq       the last command id given out (ids come from etcd, never a clock)
     commands/ID       an operator command waiting for the leader (any instance may submit)
-    results/ID        what the leader answered to a command
+    results/ID        what the leader answered to a command: deleted once read, and bound
+                      to a lease of RESULT_TTL so an answer nobody waits for goes too
     journal/ID        one journal entry; the oldest are trimmed past JOURNAL_KEEP
 
 Writes that decide traffic (``save``, ``complete``, ``record_change``) are transactions
@@ -25,7 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from trafficflip.cluster.etcd import Compare, EtcdClient, EtcdUnavailable, delete_op, put_op
+from trafficflip.cluster.etcd import (
+    Compare,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    delete_op,
+    put_op,
+)
 from trafficflip.decision.model import JournalEntry, ServiceState
 from trafficflip.errors import NotLeaderError
 from trafficflip.runtime.state import (
@@ -42,6 +51,10 @@ JOURNAL_KEEP = 10000
 TXN_OPS = 100
 # Trim the journal once per this many appends (a count is a range request, not free).
 TRIM_EVERY = 100
+# How long the leader's answer to a command is kept for the CLI that waits for it.
+RESULT_TTL = 3600
+# Submissions racing for the next command id: each loser reads the new last id and retries.
+SUBMIT_ATTEMPTS = 20
 
 
 class EtcdStateStore:
@@ -80,9 +93,11 @@ class EtcdStateStore:
         self._trim()
 
     def complete(self, command_id: int, result: str) -> None:
+        # A lease of its own: the leader's would take the answer along at a leader change.
+        lease = self.client.grant(RESULT_TTL)
         ops = [
             delete_op(self._key("commands", _id(command_id))),
-            put_op(self._key("results", _id(command_id)), result.encode()),
+            put_op(self._key("results", _id(command_id)), result.encode(), lease),
         ]
         self._fenced(f"complete command={command_id}", ops, "")
 
@@ -145,11 +160,25 @@ class EtcdStateStore:
             self._trim()
 
     def submit(self, service: str, name: str, args: dict[str, Any], source: str) -> int:
+        """Queue a command for the leader under the next id from ``command_seq``.
+
+        One transaction takes the id and creates the command, only if nobody took that id
+        first and no command holds it: two submissions never share an id, and ids follow
+        submission order whatever the clocks of the submitting hosts say."""
         self._check_etcd()
-        command_id = time.time_ns() // 1000
         body = {"at": time.time(), "service": service, "name": name, "args": args, "source": source}
-        self.client.put(self._key("commands", _id(command_id)), json.dumps(body).encode())
-        return command_id
+        value = json.dumps(body).encode()
+        seq = self._key("command_seq")
+        for _ in range(SUBMIT_ATTEMPTS):
+            last = self.client.get(seq)
+            # The first id continues past the clock-based ids earlier versions gave out.
+            command_id = int(last.value) + 1 if last else time.time_ns() // 1000
+            key = self._key("commands", _id(command_id))
+            taken = Compare(seq, "MOD", last.mod_revision) if last else Compare(seq, "CREATE", 0)
+            ops = [put_op(seq, str(command_id).encode()), put_op(key, value)]
+            if self.client.txn([taken, Compare(key, "CREATE", 0)], ops).succeeded:
+                return command_id
+        raise EtcdError(f"command not queued: {SUBMIT_ATTEMPTS} other submissions came first")
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -190,8 +219,13 @@ class EtcdStateStore:
         return commands
 
     def command_result(self, command_id: int) -> str | None:
-        kv = self.client.get(self._key("results", _id(command_id)))
-        return kv.value.decode() if kv else None
+        """The leader's answer, once: it is deleted as it is read."""
+        key = self._key("results", _id(command_id))
+        kv = self.client.get(key)
+        if kv is None:
+            return None
+        self.client.delete(key)
+        return kv.value.decode()
 
     def last_change(self, service: str) -> ChangeRecord | None:
         self._check_etcd()

@@ -104,6 +104,8 @@ class Engine:
         # More reasons not to be ready, from components beside the engine (the cluster node).
         self.readiness: list[Callable[[], list[str]]] = []
         self._site_status: dict[str, dict[str, Status]] = {}
+        # Ids of commands applied and still pending in the store (``take_commands``).
+        self._commands_taken: set[int] = set()
         self._last_confirm = -CONFIRM_EVERY
         self._tick_from = 0  # where the next tick starts in the list of services
         # Start-up: first decisions are held back until every service has its start-up
@@ -386,9 +388,13 @@ class Engine:
             return {}
         results = {}
         for command in pending:
-            results[command.id] = self._take(command)
-            if self.writer is not None:
-                self.writer.complete(command.id, results[command.id].encode())
+            # Pending until the store takes its completion (which may fail for a while):
+            # applied once here all the same, or each tick would journal it and undo later moves.
+            if command.id not in self._commands_taken:
+                results[command.id] = self._take(command)
+                if self.writer is not None:
+                    self.writer.complete(command.id, results[command.id].encode())
+        self._commands_taken = {c.id for c in pending}
         return results
 
     def _take(self, command: Command) -> CommandResult:
