@@ -150,6 +150,8 @@ async def serve(config: Config, path: str | None = None) -> None:
         log_level=settings.log_level,
         log_format=settings.log_format,
     )
+    if runner.workers is not None:
+        engine.readiness.append(runner.workers.not_ready_reasons)
     metrics = Metrics(engine, runner)
     if node is not None:
         runner.components.insert(0, node)

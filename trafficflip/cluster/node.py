@@ -39,7 +39,7 @@ from trafficflip.cluster.vote import (
 )
 from trafficflip.config.loader import Config
 from trafficflip.config.schema import ClusterConfig
-from trafficflip.decision.health import CheckHealth, observe
+from trafficflip.decision.health import CheckHealth
 from trafficflip.decision.model import ProbeResult, Status
 from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.monitor import HealthMonitor
@@ -170,16 +170,23 @@ class ClusterNode:
 
     def observe(self, key: str, result: ProbeResult) -> None:
         """Fold a probe into this vantage's verdict; publish soon if the status moved."""
-        health = self.local.jobs[key].health
         before = self.local.checks[key]
-        after = observe(before, result, rise=health.rise, fall=health.fall)
-        self.local.put(key, after)
+        self.local.observe(key, result)
+        after = self.local.checks[key]
         if after.status is not before.status:
             self._dirty.add(key)
             self._wake.set()
         elif self.engine is not None:
             # Start-up progress (probes counted) reaches the engine without a publish.
             self.engine.set_check_health(key, self.voted_health(key))
+
+    def _expire_silent(self) -> None:
+        """This vantage's checks without results for too long (a hung probe worker) are
+        published unknown, then down (``HealthMonitor.expire``)."""
+        expired = self.local.expire(time.monotonic())
+        if expired:
+            self._dirty.update(expired)
+            self._wake.set()
 
     def verdict(self, key: str) -> Verdict:
         check = self.local.checks[key]
@@ -234,6 +241,7 @@ class ClusterNode:
                     log.warning("cluster_exchange_failed name=%s error=%s", self.name, exc)
                 else:
                     self._read_wall = time.time()
+            self._expire_silent()
             self._apply_votes()
             self.failure, self.round_at = None, time.monotonic()
             self._wake.clear()

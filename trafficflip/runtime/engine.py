@@ -214,6 +214,14 @@ class Engine:
             self._log_transitions(name)
             self.request(name)
 
+    def expire_silent(self) -> None:
+        """Checks without a result for too long (a hung probe worker) turn unknown, then
+        down (``HealthMonitor.expire``); called by whatever runs the probes out of process."""
+        for key in self.monitor.expire(self.clock.now()):
+            for name in self.monitor.subscribers[key]:
+                self._log_transitions(name)
+                self.request(name)
+
     def service_health(self, service: str) -> ServiceHealth:
         return self.monitor.service_health(service)
 
