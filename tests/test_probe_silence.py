@@ -5,12 +5,16 @@ unknown after its silence limit and down after a grace (virtual time), and a sil
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.support import HttpSite
+from tests.service import FALL, INTERVAL, PRIMARY, STANDBY, Deployment
+from tests.support import HttpSite, MotoServer, wait_until
 from tests.test_engine import Rig, config
 from tests.test_probe_workers import Results, alive, wait_for
 from trafficflip.config.schema import HealthConfig, HttpCheck
@@ -27,6 +31,9 @@ from trafficflip.runtime.probe_workers import ProbeWorkers
 
 UP, DOWN, UNKNOWN = Status.UP, Status.DOWN, Status.UNKNOWN
 HEALTH = HealthConfig(interval=0.2, timeout=0.15, fall=2, rise=2)
+# tests/service.py's Deployment: the interval and its default-derived timeout bound.
+HEALTH_E2E = HealthConfig(interval=INTERVAL, timeout=0.15, fall=FALL, rise=2)
+STARTED = r"probe_worker_started worker=(\d) pid=(\d+)"
 
 
 @pytest.mark.parametrize(
@@ -138,3 +145,47 @@ async def test_a_stopped_worker_is_killed_restarted_and_named_meanwhile(
     await wait_for(lambda: results.count(keys[1]) >= before + 3, 15, "probes after the restart")
     assert workers.not_ready_reasons() == [] and workers.stats.worker_restarts == 1
     assert workers.pids[0] and results.count(keys[0]) > 0  # the other worker never stopped
+
+
+def test_a_stopped_worker_does_not_freeze_failover_and_readyz_names_it(
+    tmp_path: Path, moto_server: MotoServer, api_port: str
+) -> None:
+    deployment = Deployment(tmp_path, moto_server, env={"TRAFFICFLIP_PROBE_WORKERS": "2"})
+    try:
+        deployment.start()
+        wait_until(lambda: deployment.weights() == PRIMARY, timeout=20, what="initial weights")
+        started = wait_until(
+            lambda: dict(
+                re.findall(r"probe_worker_started worker=(\d) pid=(\d+)", deployment.output())
+            ),
+            timeout=10,
+            what="the workers' start lines",
+        )
+        # Worker 0 probes the first check in config order: the primary's.
+        victim = int(started["0"])
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = deployment.primary.requests
+        deployment.primary.status = 503  # the primary dies while nobody probes it
+        seen: list[str] = []
+
+        def named() -> bool:
+            response = httpx.get(f"http://{api_port}/readyz", timeout=5)
+            seen.append(response.text)
+            return response.status_code == 503 and f"probe worker 0 (pid {victim})" in response.text
+
+        wait_until(named, timeout=silence_limit(HEALTH_E2E) + 5, what="/readyz naming the worker")
+        assert deployment.primary.requests <= stopped_at + 1  # it was the primary's prober
+        wait_until(
+            lambda: deployment.weights() == STANDBY,
+            timeout=silence_limit(HEALTH_E2E) + 2 + FALL * INTERVAL + 5,
+            what="failover to dr",
+        )
+        wait_until(lambda: not alive(victim), timeout=5, what="the stopped worker killed")
+        wait_until(
+            lambda: httpx.get(f"http://{api_port}/readyz", timeout=5).status_code == 200,
+            timeout=10,
+            what="ready again once the new worker reports",
+        )
+        assert "probe_worker_silent worker=0" in deployment.output()
+    finally:
+        deployment.close()
