@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from tests.etcd import EtcdCluster
@@ -18,11 +19,17 @@ from tests.test_engine import config
 from trafficflip.backend.testing import MemoryProvider
 from trafficflip.cluster import api as cluster_api
 from trafficflip.cluster.election import Election
+from trafficflip.cluster.engine import ClusterEngine
 from trafficflip.cluster.etcd import EtcdClient, EtcdError
 from trafficflip.cluster.node import ClusterNode
 from trafficflip.cluster.store import EtcdStateStore
-from trafficflip.config.schema import ClusterConfig
-from trafficflip.decision.model import Status
+from trafficflip.config.schema import ApiConfig, ClusterConfig
+from trafficflip.decision.model import JournalEntry, ServiceState, Status
+from trafficflip.operations.api import create_app, load_tokens
+from trafficflip.operations.metrics import Metrics
+from trafficflip.operations.snapshot import SnapshotKeeper
+from trafficflip.runtime.probes import Prober
+from trafficflip.runtime.scheduler import Runner
 
 PREFIX = "/tf-live"
 UP, DOWN, UNKNOWN = Status.UP, Status.DOWN, Status.UNKNOWN
@@ -209,3 +216,71 @@ def test_a_command_result_is_read_once_and_leased(client: EtcdClient) -> None:
     assert leader.command_result(command_id) == "ok"
     assert leader.command_result(command_id) is None
     election.resign()
+
+
+def test_a_follower_shows_what_the_leader_stored(etcd: EtcdCluster, client: EtcdClient) -> None:
+    election = Election(client, PREFIX, "edge-b", 2)
+    election.step()
+    leader = EtcdStateStore(client, PREFIX, election.fence)
+    node = make_node(etcd)
+    assert node.engine is not None
+    keeper = SnapshotKeeper(node.engine)
+    keeper.seed()
+    node.election.step()
+    node._exchange()  # the first read: every stored state (none yet), no history
+    failed_over = ServiceState(members=("dr",), shares={"primary": 0, "dr": 100})
+    entry = JournalEntry(time.time(), "www", "failover", "failover www: primary down -> dr", {})
+    leader.save("www", failed_over, [entry])
+    node._followed_at = -1.0  # due now (FOLLOW_EVERY)
+    node._exchange()
+    node._show_followed()
+    assert node.engine.states["www"].members == ("dr",)
+    view = keeper.build_now()
+    assert view.summary.last_failover == entry.at
+    assert view.view("www", 10).phase == "failed over"  # type: ignore[union-attr]
+    # Read again from the same revision: nothing shown twice.
+    node._followed_at = -1.0
+    node._exchange()
+    node._show_followed()
+    journal = keeper.build_now().view("www", 10).journal  # type: ignore[union-attr]
+    assert [e.kind for e in journal].count("failover") == 1
+    election.resign()
+    node.election.resign()
+
+
+async def test_a_command_etcd_cannot_take_answers_503_never_500(client: EtcdClient) -> None:
+    from tests.test_operator_api import AUTH, TOKEN
+
+    # As while the election's last step found etcd away, or a request timed out under load.
+    problem: list[str | None] = [None]
+    store = EtcdStateStore(client, PREFIX, lambda: None, etcd_problem=lambda: problem[0])
+    leading = [False]
+    engine = ClusterEngine(
+        config().services,
+        store,
+        {"mem": MemoryProvider()},
+        leading=lambda: leading[0],
+        may_write=lambda: leading[0],
+        observed=lambda key, result: None,
+        refused=lambda: None,
+    )
+    api_config = ApiConfig.model_validate({"tokens": {"ops": TOKEN}})
+    runner = Runner(engine, Prober(), reconcile_interval=30)
+    app = create_app(engine, runner, Metrics(engine, runner), load_tokens(api_config), api_config)
+    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
+    problem[0] = "etcd unavailable: no etcd member answered /v3/kv/txn: timed out"
+    try:
+        # A follower: the command would be queued in etcd, which does not take it.
+        response = await api.post("/api/v1/services/www/hold", json={}, headers=AUTH)
+        assert response.status_code == 503, response.text
+        assert "hold not confirmed: etcd unavailable" in response.json()["detail"]
+        assert not engine.states["www"].held
+        # The leader takes it; its view cannot read the last change from etcd: still 200.
+        leading[0] = True
+        response = await api.post("/api/v1/services/www/hold", json={}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        assert engine.states["www"].held
+    finally:
+        await api.aclose()
+        problem[0] = None
+        await engine.close()

@@ -40,7 +40,7 @@ from trafficflip.cluster.vote import (
 from trafficflip.config.loader import Config
 from trafficflip.config.schema import ClusterConfig
 from trafficflip.decision.health import CheckHealth
-from trafficflip.decision.model import ProbeResult, Status
+from trafficflip.decision.model import JournalEntry, ProbeResult, ServiceState, Status
 from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.monitor import HealthMonitor
 
@@ -55,6 +55,8 @@ START_RETRY = 1.0
 READ_PAGE = 1000
 # The loop is stalled (``/readyz`` says so) after this many lease TTLs without a round.
 STALL_TTLS = 3.0
+# How often a follower reads what the leader stored (states, new journal entries) to show it.
+FOLLOW_EVERY = 1.0
 
 
 def check_id(key: str) -> str:
@@ -113,6 +115,11 @@ class ClusterNode:
         # Why the loop died last (cleared by its next full round) and when it last finished one.
         self.failure: str | None = None
         self.round_at = time.monotonic()
+        # A follower's copy of what the leader stored, read in ``_exchange``, shown on the loop.
+        self._follow_revision = 0
+        self._followed_at = -FOLLOW_EVERY
+        self._follow_states: dict[str, ServiceState] = {}
+        self._follow_entries: list[JournalEntry] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -241,6 +248,7 @@ class ClusterNode:
                     log.warning("cluster_exchange_failed name=%s error=%s", self.name, exc)
                 else:
                     self._read_wall = time.time()
+                    self._show_followed()
             self._expire_silent()
             self._apply_votes()
             self.failure, self.round_at = None, time.monotonic()
@@ -265,6 +273,7 @@ class ClusterNode:
             log.error("takeover_failed name=%s error=%s", self.name, exc)
             return
         self._led = True
+        self._follow_revision, self._follow_states, self._follow_entries = 0, {}, []
         self.engine.listeners.took_over()
         log.warning("leading name=%s services=%d", self.name, len(self.engine.services))
         for name in self.engine.services:
@@ -274,6 +283,25 @@ class ClusterNode:
         """Publish what changed (and the heartbeat when due); read every member's verdicts."""
         self._publish()
         self.members = self._read_members()
+        if not self._led and time.monotonic() - self._followed_at >= FOLLOW_EVERY:
+            self._follow()
+
+    def _follow(self) -> None:
+        """Read what the leader stored since the last read (a follower shows it)."""
+        states, entries, self._follow_revision = self.store.follow(self._follow_revision)
+        self._followed_at = time.monotonic()
+        self._follow_states.update(states)
+        self._follow_entries += entries
+
+    def _show_followed(self) -> None:
+        """Hand the leader's states and history to this follower's engine and views: its
+        API and page show what the leader decided, beside this vantage's own verdicts."""
+        states, entries = self._follow_states, self._follow_entries
+        if self.engine is None or self._led or not (states or entries):
+            return
+        self._follow_states, self._follow_entries = {}, []
+        self.engine.follow(states)
+        self.engine.listeners.followed(entries)
 
     def _publish(self) -> None:
         lease = self.election.lease

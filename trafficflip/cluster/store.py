@@ -55,6 +55,8 @@ TRIM_EVERY = 100
 RESULT_TTL = 3600
 # Submissions racing for the next command id: each loser reads the new last id and retries.
 SUBMIT_ATTEMPTS = 20
+# Keys per range request when a follower reads what the leader stored.
+FOLLOW_PAGE = 1000
 
 
 class EtcdStateStore:
@@ -194,16 +196,36 @@ class EtcdStateStore:
         )
         entries = []
         for kv in kvs:
-            raw = json.loads(kv.value)
-            if service is None or raw["service"] == service:
-                entries.append(
-                    JournalEntry(
-                        raw["at"], raw["service"], raw["kind"], raw["message"], raw["data"]
-                    )
-                )
+            entry = _entry(kv.value)
+            if service is None or entry.service == service:
+                entries.append(entry)
             if len(entries) >= limit:
                 break
         return list(reversed(entries))
+
+    def follow(self, revision: int) -> tuple[dict[str, ServiceState], list[JournalEntry], int]:
+        """What the leader stored after ``revision``: changed states and new journal
+        entries, and the revision to pass next time. With 0: every state and no entries
+        (the history is read on its own at start). For a follower's view; read-only."""
+        self._check_etcd()
+        entries: list[JournalEntry] = []
+        journal_revision = 0
+        if revision:
+            # The journal first: states read after it may be newer (read again next time,
+            # harmless); entries never are, so none is shown twice.
+            kvs, journal_revision = self.client.changes(
+                self._key("journal", ""), revision, page=FOLLOW_PAGE
+            )
+            entries = [e for kv in kvs if (e := _readable(kv.value)) is not None]
+        services = self._key("services", "")
+        kvs, states_revision = self.client.changes(services, revision, page=FOLLOW_PAGE)
+        states = {}
+        for kv in kvs:
+            try:
+                states[kv.key[len(services) :]] = state_from_json(kv.value.decode())
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("state_skipped key=%s error=%s", kv.key, exc)
+        return states, entries, journal_revision or states_revision
 
     def pending(self) -> list[Command]:
         self._check_etcd()
@@ -276,3 +298,17 @@ class EtcdStateStore:
 
 def _id(command_id: int) -> str:
     return f"{command_id:020d}"
+
+
+def _entry(value: bytes) -> JournalEntry:
+    raw = json.loads(value)
+    return JournalEntry(raw["at"], raw["service"], raw["kind"], raw["message"], raw["data"])
+
+
+def _readable(value: bytes) -> JournalEntry | None:
+    """A journal entry, or None (logged) when this version cannot read it."""
+    try:
+        return _entry(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("journal_entry_skipped error=%s", exc)
+        return None
