@@ -19,24 +19,16 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from trafficflip.backend.provider import Provider
 from trafficflip.cluster.election import Election, Leadership
 from trafficflip.cluster.engine import ClusterEngine
 from trafficflip.cluster.etcd import REQUEST_TIMEOUT, EtcdClient, EtcdError, put_op
+from trafficflip.cluster.members import ClusterCounters, MemberReader
 from trafficflip.cluster.store import EtcdStateStore
-from trafficflip.cluster.vote import (
-    FRESH_INTERVALS,
-    MalformedEntry,
-    MemberView,
-    Verdict,
-    Vote,
-    parse_heartbeat,
-    parse_verdict,
-    tally,
-)
+from trafficflip.cluster.vote import FRESH_INTERVALS, MemberView, Verdict, Vote, tally
 from trafficflip.config.loader import Config
 from trafficflip.config.schema import ClusterConfig
 from trafficflip.decision.health import CheckHealth
@@ -51,8 +43,6 @@ READ_EVERY = 0.25
 # etcd's default limit on operations in one transaction.
 MAX_TXN_OPS = 128
 START_RETRY = 1.0
-# Verdict keys per range request: members x checks can outgrow one request's timeout.
-READ_PAGE = 1000
 # The loop is stalled (``/readyz`` says so) after this many lease TTLs without a round.
 STALL_TTLS = 3.0
 # How often a follower reads what the leader stored (states, new journal entries) to show it.
@@ -62,16 +52,6 @@ FOLLOW_EVERY = 1.0
 def check_id(key: str) -> str:
     """A short stable id of a probe job; every instance runs the same config."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-@dataclass
-class ClusterCounters:
-    fencing_refusals: int = 0
-    published: int = 0
-    etcd_errors: int = 0
-    # Entries under the prefix skipped because this version cannot read them.
-    malformed: int = 0
-    loop_restarts: int = 0
 
 
 class ClusterNode:
@@ -103,15 +83,11 @@ class ClusterNode:
         self._led = False
         self._dirty: set[str] = set(self.ids)
         self._published_lease = 0
-        self._verdicts: dict[str, dict[str, Verdict]] = {}
-        self._read_revision = 0
-        self._last_full_read = 0.0
+        self.reader = MemberReader(self.client, self.prefix, self.heartbeat, self.counters)
         self._last_heartbeat = 0.0
         # Wall time of the last verdict read that succeeded: votes older than ``window``
         # count as unknown (the exchange failing while the election works).
         self._read_wall = time.time()
-        # Malformed keys already reported, with the revision reported: one warning each.
-        self._malformed: dict[str, int] = {}
         # Why the loop died last (cleared by its next full round) and when it last finished one.
         self.failure: str | None = None
         self.round_at = time.monotonic()
@@ -282,7 +258,7 @@ class ClusterNode:
     def _exchange(self) -> None:
         """Publish what changed (and the heartbeat when due); read every member's verdicts."""
         self._publish()
-        self.members = self._read_members()
+        self.members = self.reader.read()
         if not self._led and time.monotonic() - self._followed_at >= FOLLOW_EVERY:
             self._follow()
 
@@ -336,60 +312,6 @@ class ClusterNode:
             self._key("verdicts", self.name, self.ids[key]), json.dumps(value).encode(), lease
         )
 
-    def _read_members(self) -> list[MemberView]:
-        """Every live member with its verdicts. Verdicts are read incrementally (only keys
-        changed since the last read); a full read once per heartbeat catches anything missed."""
-        members_prefix = self._key("members", "")
-        seen = {}
-        for kv in self.client.range(members_prefix, prefix=True):
-            name = kv.key[len(members_prefix) :]
-            try:
-                if not name or "/" in name:
-                    raise MalformedEntry("not members/NAME")
-                seen[name] = parse_heartbeat(kv.value)
-            except MalformedEntry as exc:
-                self._skip(kv.key, kv.mod_revision, exc)
-        now = time.monotonic()
-        full = now - self._last_full_read >= self.heartbeat
-        verdicts_prefix = self._key("verdicts", "")
-        changed, revision = self.client.changes(
-            verdicts_prefix, 0 if full else self._read_revision, page=READ_PAGE
-        )
-        if full:
-            self._verdicts, self._last_full_read = {}, now
-        for kv in changed:
-            try:
-                member, check = _two_parts(kv.key[len(verdicts_prefix) :])
-            except MalformedEntry as exc:
-                self._skip(kv.key, kv.mod_revision, exc)
-                continue
-            mine = self._verdicts.setdefault(member, {})
-            try:
-                status, since, reason = parse_verdict(kv.value)
-            except MalformedEntry as exc:
-                # As if absent: the member votes unknown on that check.
-                self._skip(kv.key, kv.mod_revision, exc)
-                mine.pop(check, None)
-                continue
-            local_since = None if since is None else _CLOCK.from_wall(since)
-            mine[check] = Verdict(status, local_since, reason)
-        # A member whose lease went took its verdicts along: forget them too.
-        self._verdicts = {m: v for m, v in self._verdicts.items() if m in seen}
-        self._read_revision = revision
-        read_at = time.time()
-        return [
-            MemberView(name, at, dict(self._verdicts.get(name, {})), read_at)
-            for name, at in sorted(seen.items())
-        ]
-
-    def _skip(self, key: str, revision: int, exc: MalformedEntry) -> None:
-        """Count and log (once per written version) an entry this version cannot read."""
-        if self._malformed.get(key) == revision:
-            return
-        self._malformed[key] = revision
-        self.counters.malformed += 1
-        log.warning("cluster_entry_skipped key=%s error=%s", key, exc)
-
     def _apply_votes(self) -> None:
         now = time.time()
         if now - self._read_wall > self.window:
@@ -439,14 +361,6 @@ class ClusterNode:
 
 
 _CLOCK = Clock()
-
-
-def _two_parts(rest: str) -> tuple[str, str]:
-    """``MEMBER/CHECK`` of a verdict key, after the prefix."""
-    parts = rest.split("/")
-    if len(parts) != 2 or not all(parts):
-        raise MalformedEntry("not verdicts/MEMBER/CHECK")
-    return parts[0], parts[1]
 
 
 def _client(cluster: ClusterConfig) -> EtcdClient:
