@@ -44,13 +44,14 @@ def test_unreadable_entries_in_etcd_do_not_stop_failover(cluster: ClusterDeploym
         client.put(f"{PREFIX}/members/edge-z", b"not json")
     finally:
         client.close()
+    # Every instance reads them within READ_EVERY; the primary's death takes longer to see.
+    cluster.deployment.primary.status = 503
+    wait_until(lambda: cluster.weights() == DR_ONLY, timeout=20, what="failover")
     wait_until(
         lambda: all(i.output().count("cluster_entry_skipped") >= 2 for i in cluster.instances),
         timeout=15,
         what="every instance to skip both entries",
     )
-    cluster.deployment.primary.status = 503
-    wait_until(lambda: cluster.weights() == DR_ONLY, timeout=20, what="failover")
     leader = cluster.wait_leader()
     for instance in cluster.instances:
         assert instance.ready() == 200, instance.get("/readyz").text  # type: ignore[union-attr]
