@@ -27,7 +27,7 @@ from trafficflip.runtime.monitor import (
     silence_limit,
 )
 from trafficflip.runtime.probe_scheduler import SchedulerStats
-from trafficflip.runtime.probe_workers import ProbeWorkers
+from trafficflip.runtime.probe_workers import FIRST_RESULT_GRACE, ProbeWorkers
 
 UP, DOWN, UNKNOWN = Status.UP, Status.DOWN, Status.UNKNOWN
 HEALTH = HealthConfig(interval=0.2, timeout=0.15, fall=2, rise=2)
@@ -189,3 +189,37 @@ def test_a_stopped_worker_does_not_freeze_failover_and_readyz_names_it(
         assert "probe_worker_silent worker=0" in deployment.output()
     finally:
         deployment.close()
+
+
+class FakeProc:
+    """Stands in for a worker process in virtual time: a PID, alive until killed."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.returncode, self.kills = pid, None, 0
+
+    def kill(self) -> None:
+        self.kills += 1
+
+
+def test_each_silent_worker_is_killed_once_and_a_silent_successor_too() -> None:
+    check = HttpCheck(type="http", url="http://127.0.0.1:9/")
+    workers = ProbeWorkers(
+        [ProbeJob(check_key(check, HEALTH), check, HEALTH)], 2, print, SchedulerStats()
+    )
+    limit = silence_limit(HEALTH)
+    first = FakeProc(101)
+    workers._procs[0], workers.heard[0] = first, 0.0  # type: ignore[assignment]
+    workers._spoke.add(0)
+    workers._kill_silent(limit)
+    assert first.kills == 0 and workers.not_ready_reasons() == []
+    for now in (limit + 0.1, limit + 1, limit + 2):
+        workers._kill_silent(now)
+    assert first.kills == 1 and "pid 101" in workers.not_ready_reasons()[0]
+    # Its successor never writes a line: killed in turn, after the first-result grace.
+    second = FakeProc(102)
+    workers._procs[0], workers.heard[0] = second, 100.0  # type: ignore[assignment]
+    workers._spoke.discard(0)
+    workers._kill_silent(100.0 + limit + 1)
+    assert second.kills == 0
+    workers._kill_silent(100.0 + limit + FIRST_RESULT_GRACE + 0.1)
+    assert second.kills == 1 and "pid 102" in workers.not_ready_reasons()[0]

@@ -60,8 +60,10 @@ class ProbeWorkers:
         # whether it wrote anything yet.
         self.heard: dict[int, float] = {}
         self._spoke: set[int] = set()
-        # Workers killed for silence, with the reason ``/readyz`` gives until they report.
+        # Workers killed for silence, with the reason ``/readyz`` gives until they report,
+        # and the PID killed (its successor is watched, and killed, in turn).
         self.silent: dict[int, str] = {}
+        self._killed: dict[int, int] = {}
         self._log = {"log_level": log_level, "log_format": log_format}
         self._tasks: list[asyncio.Task[None]] = []
         self._procs: dict[int, asyncio.subprocess.Process] = {}
@@ -100,8 +102,10 @@ class ProbeWorkers:
     def _kill_silent(self, now: float) -> None:
         for worker, proc in list(self._procs.items()):
             quiet = now - self.heard.get(worker, now)
-            if proc.returncode is not None or worker in self.silent or quiet <= self.limit(worker):
+            done = proc.returncode is not None or self._killed.get(worker) == proc.pid
+            if done or quiet <= self.limit(worker):
                 continue
+            self._killed[worker] = proc.pid
             self.silent[worker] = (
                 f"probe worker {worker} (pid {proc.pid}) silent for {quiet:.0f}s: "
                 "killed, restarting"
