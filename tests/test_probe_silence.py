@@ -4,11 +4,13 @@ unknown after its silence limit and down after a grace (virtual time), and a sil
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -223,3 +225,31 @@ def test_each_silent_worker_is_killed_once_and_a_silent_successor_too() -> None:
     assert second.kills == 0
     workers._kill_silent(100.0 + limit + FIRST_RESULT_GRACE + 0.1)
     assert second.kills == 1 and "pid 102" in workers.not_ready_reasons()[0]
+
+
+async def test_a_worker_that_could_not_be_started_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = asyncio.create_subprocess_exec
+    failures = iter([OSError(24, "Too many open files")])
+
+    async def spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        # EMFILE once (cannot be made to happen here without starving the test runner).
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
+    site = HttpSite().start()
+    check = HttpCheck(type="http", url=site.url)
+    job = ProbeJob(check_key(check, HEALTH), check, HEALTH)
+    results = Results()
+    workers = ProbeWorkers([job], 2, results.observe, SchedulerStats())
+    await workers.start()
+    try:
+        await wait_for(lambda: results.count(job.key) >= 2, 15, "probes after the failed start")
+        assert workers.stats.worker_restarts == 1
+    finally:
+        await workers.stop()
+        site.stop()

@@ -147,7 +147,11 @@ class ProbeWorkers:
     async def _keep(self, worker: int) -> None:
         """Run worker ``worker`` until stopping, restarting it whenever it dies."""
         while not self._stopping:
-            code = await self._run(worker)
+            try:
+                code: int | str | None = await self._run(worker)
+            except Exception as exc:  # e.g. no process started (EMFILE): try again, said
+                log.exception("probe_worker_start_failed worker=%d", worker)
+                code = f"{type(exc).__name__}: {exc}"
             if self._stopping:
                 return
             self.stats.worker_restarts += 1
