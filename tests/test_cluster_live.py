@@ -30,6 +30,7 @@ from trafficflip.operations.metrics import Metrics
 from trafficflip.operations.snapshot import SnapshotKeeper
 from trafficflip.runtime.probes import Prober
 from trafficflip.runtime.scheduler import Runner
+from trafficflip.runtime.state import ChangeRecord
 
 PREFIX = "/tf-live"
 UP, DOWN, UNKNOWN = Status.UP, Status.DOWN, Status.UNKNOWN
@@ -284,3 +285,32 @@ async def test_a_command_etcd_cannot_take_answers_503_never_500(client: EtcdClie
         await api.aclose()
         problem[0] = None
         await engine.close()
+
+
+def test_last_changes_are_answered_from_memory_once_read_whole(
+    client: EtcdClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    election = Election(client, PREFIX, "a", 2)
+    election.step()
+    leader = EtcdStateStore(client, PREFIX, election.fence)
+    first = ChangeRecord("www", "aws", ("C1",), 2.0, False, None)
+    leader.record_change(first)
+    other = EtcdClient(client.endpoints, timeout=1.0)
+    follower = EtcdStateStore(other, PREFIX, lambda: None)
+    _, _, revision = follower.follow(0)
+    leader.load_changes()
+    second = ChangeRecord("api", "aws", ("C2",), 3.0, True, 3.5)
+    leader.record_change(second)
+    _, _, revision = follower.follow(revision)
+
+    def no_etcd(*args: object, **kwargs: object) -> object:
+        raise AssertionError("an etcd call where memory should answer")
+
+    monkeypatch.setattr(client, "call", no_etcd)
+    monkeypatch.setattr(other, "call", no_etcd)
+    for store in (leader, follower):
+        assert store.last_change("www") == first and store.last_change("api") == second
+        assert store.last_change("nope") is None
+    monkeypatch.undo()
+    election.resign()
+    other.close()

@@ -245,6 +245,7 @@ class ClusterNode:
         assert self.engine is not None
         try:
             self.engine.take_over()
+            self.store.load_changes()
         except EtcdError as exc:
             log.error("takeover_failed name=%s error=%s", self.name, exc)
             return

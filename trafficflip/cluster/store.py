@@ -81,6 +81,10 @@ class EtcdStateStore:
         self.refusals = 0
         self._appends = 0
         self._seq = 0
+        # Each service's last provider change once read whole (``load_changes``, ``follow``):
+        # then ``last_change`` answers from memory, never with an etcd call on the event loop
+        # (every snapshot rebuild and change confirmation asks, for every service).
+        self._changes: dict[str, ChangeRecord] | None = None
 
     def _key(self, *parts: object) -> str:
         return "/".join([self.prefix, *(str(p) for p in parts)])
@@ -110,6 +114,8 @@ class EtcdStateStore:
             [put_op(self._key("changes", record.service), value)],
             record.service,
         )
+        if self._changes is not None:
+            self._changes[record.service] = record
 
     def _fenced(self, what: str, ops: list[dict[str, Any]], service: str) -> None:
         self._check_etcd()
@@ -217,6 +223,7 @@ class EtcdStateStore:
                 self._key("journal", ""), revision, page=FOLLOW_PAGE
             )
             entries = [e for kv in kvs if (e := _readable(kv.value)) is not None]
+        self._read_changes(revision)
         services = self._key("services", "")
         kvs, states_revision = self.client.changes(services, revision, page=FOLLOW_PAGE)
         states = {}
@@ -250,19 +257,31 @@ class EtcdStateStore:
         return kv.value.decode()
 
     def last_change(self, service: str) -> ChangeRecord | None:
+        if self._changes is not None:
+            return self._changes.get(service)
         self._check_etcd()
         kv = self.client.get(self._key("changes", service))
-        if kv is None:
-            return None
-        raw = json.loads(kv.value)
-        return ChangeRecord(
-            raw["service"],
-            raw["provider"],
-            tuple(raw["change_ids"]),
-            raw["submitted_at"],
-            raw["in_sync"],
-            raw["confirmed_at"],
-        )
+        return None if kv is None else _change(kv.value)
+
+    def load_changes(self) -> None:
+        """Read every service's last change at once (a new leader, before acting)."""
+        self._check_etcd()
+        self._read_changes(0)
+
+    def _read_changes(self, revision: int) -> None:
+        """Every change record written after ``revision`` (all with 0) into memory."""
+        if revision and self._changes is None:
+            return  # never read whole: the newer records alone would hide the older ones
+        prefix = self._key("changes", "")
+        kvs, _ = self.client.changes(prefix, revision, page=FOLLOW_PAGE)
+        # Updated in place after the first read: the writer thread may add its own meanwhile.
+        changes = self._changes if revision and self._changes is not None else {}
+        for kv in kvs:
+            try:
+                changes[kv.key[len(prefix) :]] = _change(kv.value)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("change_skipped key=%s error=%s", kv.key, exc)
+        self._changes = changes
 
     def close(self) -> None:
         """Close the client if this store owns it (the node closes its own)."""
@@ -298,6 +317,18 @@ class EtcdStateStore:
 
 def _id(command_id: int) -> str:
     return f"{command_id:020d}"
+
+
+def _change(value: bytes) -> ChangeRecord:
+    raw = json.loads(value)
+    return ChangeRecord(
+        raw["service"],
+        raw["provider"],
+        tuple(raw["change_ids"]),
+        raw["submitted_at"],
+        raw["in_sync"],
+        raw["confirmed_at"],
+    )
 
 
 def _entry(value: bytes) -> JournalEntry:
