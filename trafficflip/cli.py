@@ -31,7 +31,7 @@ from trafficflip.decision.commands import (
     validate_reason,
 )
 from trafficflip.decision.maintenance import requested_until
-from trafficflip.decision.model import EventKind, ServiceState, Status
+from trafficflip.decision.model import EventKind, JournalEntry, ServiceState, Status
 from trafficflip.decision.plan import Plan
 from trafficflip.errors import ConfigError
 from trafficflip.logs import setup_logging
@@ -150,6 +150,8 @@ async def serve(config: Config, path: str | None = None) -> None:
         log_level=settings.log_level,
         log_format=settings.log_format,
     )
+    if runner.workers is not None:
+        engine.readiness.append(runner.workers.not_ready_reasons)
     metrics = Metrics(engine, runner)
     if node is not None:
         runner.components.insert(0, node)
@@ -293,12 +295,36 @@ def _status_from_store(
 ) -> tuple[Summary, list[ServiceView], list[dict[str, Any]]]:
     # Reading the state needs no provider settings (nor their secrets), and creates nothing.
     config = load_config(args.config, providers=False)
+    if config.settings.cluster is not None:
+        from trafficflip.cluster.etcd import EtcdError
+
+        try:
+            return _status_from(_command_store(config), config, args)
+        except EtcdError as exc:
+            raise SystemExit(f"cannot read the cluster's state from etcd: {exc}") from None
     store = open_store_read_only(config.settings.state) or SqliteStateStore(":memory:")
+    return _status_from(store, config, args)
+
+
+def _status_from(
+    store: SqliteStateStore | EtcdStateStore, config: Config, args: argparse.Namespace
+) -> tuple[Summary, list[ServiceView], list[dict[str, Any]]]:
+    """The status from ``store``: SQLite's state file, or etcd in cluster mode (the
+    leader's; the state file is not used there)."""
     now = time.time()
     views = []
+    if config.settings.cluster is not None:
+        # etcd's journal is not kept per service: one read, not one whole read per service.
+        histories: dict[str, list[JournalEntry]] = {}
+        for entry in store.journal(limit=JOURNAL_KEEP * len(config.services)):
+            histories.setdefault(entry.service, []).append(entry)
     for service in config.services:
         state = store.load(service.name)
-        history = [journal_view(e) for e in store.journal(service.name, limit=JOURNAL_KEEP)]
+        if config.settings.cluster is not None:
+            entries = histories.get(service.name, [])[-JOURNAL_KEEP:]
+        else:
+            entries = store.journal(service.name, limit=JOURNAL_KEEP)
+        history = [journal_view(e) for e in entries]
         now_phase = Phase("never run") if state is None else phase(service, state, None, None)
         change = store.last_change(service.name)
         views.append(stored_view(service, state or ServiceState(), history, change, now_phase, now))

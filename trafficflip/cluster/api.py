@@ -43,6 +43,7 @@ def snapshot(node: ClusterNode) -> dict[str, Any]:
                 for name, status in (node.votes[check].votes if check in node.votes else {}).items()
             },
             "local": node.local.checks[key].status.value,
+            "age": node.votes[check].age if check in node.votes else None,
         }
         for key, check in node.ids.items()
     ]
@@ -55,6 +56,8 @@ def snapshot(node: ClusterNode) -> dict[str, Any]:
         "members": members,
         "votes": votes,
         "fencing_refusals": node.counters.fencing_refusals + node.store.refusals,
+        "malformed_entries": node.counters.malformed,
+        "loop_restarts": node.counters.loop_restarts,
         "not_ready": node.not_ready_reasons(),
     }
 
@@ -100,7 +103,17 @@ class ClusterCollector(Collector):
             "Writes refused because this instance was not the leader",
             value=view["fencing_refusals"],
         )
-        yield from (leader, etcd, members, votes, refusals)
+        malformed = CounterMetricFamily(
+            "trafficflip_cluster_malformed_entries",
+            "Entries under the cluster prefix skipped because this version cannot read them",
+            value=view["malformed_entries"],
+        )
+        restarts = CounterMetricFamily(
+            "trafficflip_cluster_loop_restarts",
+            "Times the cluster loop died and was started again",
+            value=view["loop_restarts"],
+        )
+        yield from (leader, etcd, members, votes, refusals, malformed, restarts)
 
 
 def register_metrics(registry: CollectorRegistry, node: ClusterNode) -> None:

@@ -90,6 +90,14 @@ class ClusterEngine(Engine):
                 resumed_state(stored, self.clock) if stored is not None else ServiceState()
             )
 
+    def follow(self, stored: Mapping[str, ServiceState]) -> None:
+        """A follower shows the states the leader stored (``ClusterNode`` reads them)."""
+        if self.leading():
+            return
+        for name, state in stored.items():
+            if name in self.services:
+                self.states[name] = resumed_state(state, self.clock)
+
     def request(self, name: str) -> None:
         if self.leading():
             super().request(name)

@@ -148,16 +148,28 @@ class EtcdClient:
             body["sort_order"], body["sort_target"] = "DESCEND", "KEY"
         return [_kv(raw) for raw in self.call("/v3/kv/range", body).get("kvs", ())]
 
-    def changes(self, prefix: str, after: int) -> tuple[list[KeyValue], int]:
+    def changes(self, prefix: str, after: int, *, page: int = 0) -> tuple[list[KeyValue], int]:
         """Key-values under ``prefix`` modified after revision ``after`` (all with 0), and the
         revision they were read at: pass it back as ``after`` next time. Deletions are not
-        seen; the caller learns of them otherwise (a member's heartbeat key is gone)."""
+        seen; the caller learns of them otherwise (a member's heartbeat key is gone).
+
+        With ``page``, read at most that many keys per request, every page at the first
+        one's revision (one consistent read): each request stays short of the timeout."""
         body: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
         if after:
             body["min_mod_revision"] = str(after + 1)
-        answer = self.call("/v3/kv/range", body)
-        kvs = [_kv(raw) for raw in answer.get("kvs", ())]
-        return kvs, _int(answer["header"].get("revision"))
+        if page:
+            body["limit"] = str(page)
+        kvs: list[KeyValue] = []
+        revision = 0
+        while True:
+            answer = self.call("/v3/kv/range", body)
+            kvs += [_kv(raw) for raw in answer.get("kvs", ())]
+            revision = revision or _int(answer["header"].get("revision"))
+            if not page or not answer.get("more"):
+                return kvs, revision
+            body["revision"] = str(revision)
+            body["key"] = _b64(kvs[-1].key + "\0")
 
     def count(self, prefix: str) -> int:
         body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "count_only": True}

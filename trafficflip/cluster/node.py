@@ -19,19 +19,20 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from trafficflip.backend.provider import Provider
 from trafficflip.cluster.election import Election, Leadership, boottime
 from trafficflip.cluster.engine import ClusterEngine
 from trafficflip.cluster.etcd import REQUEST_TIMEOUT, EtcdClient, EtcdError, put_op
+from trafficflip.cluster.members import ClusterCounters, MemberReader
 from trafficflip.cluster.store import EtcdStateStore
 from trafficflip.cluster.vote import FRESH_INTERVALS, MemberView, Verdict, Vote, tally
 from trafficflip.config.loader import Config
 from trafficflip.config.schema import ClusterConfig
-from trafficflip.decision.health import CheckHealth, observe
-from trafficflip.decision.model import ProbeResult, Status
+from trafficflip.decision.health import CheckHealth
+from trafficflip.decision.model import JournalEntry, ProbeResult, ServiceState, Status
 from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.monitor import HealthMonitor
 
@@ -42,18 +43,15 @@ READ_EVERY = 0.25
 # etcd's default limit on operations in one transaction.
 MAX_TXN_OPS = 128
 START_RETRY = 1.0
+# The loop is stalled (``/readyz`` says so) after this many lease TTLs without a round.
+STALL_TTLS = 3.0
+# How often a follower reads what the leader stored (states, new journal entries) to show it.
+FOLLOW_EVERY = 1.0
 
 
 def check_id(key: str) -> str:
     """A short stable id of a probe job; every instance runs the same config."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-@dataclass
-class ClusterCounters:
-    fencing_refusals: int = 0
-    published: int = 0
-    etcd_errors: int = 0
 
 
 class ClusterNode:
@@ -101,10 +99,21 @@ class ClusterNode:
         self._led = False
         self._dirty: set[str] = set(self.ids)
         self._published_lease = 0
-        self._verdicts: dict[str, dict[str, Verdict]] = {}
-        self._read_revision = 0
-        self._last_full_read = 0.0
+        self.reader = MemberReader(
+            self.client, self.prefix, self.heartbeat, self.counters, self.clock
+        )
         self._last_heartbeat = 0.0
+        # Wall time of the last verdict read that succeeded: votes older than ``window``
+        # count as unknown (the exchange failing while the election works).
+        self._read_wall = self.clock.wall()
+        # Why the loop died last (cleared by its next full round) and when it last finished one.
+        self.failure: str | None = None
+        self.round_at = self.clock.now()
+        # A follower's copy of what the leader stored, read in ``_exchange``, shown on the loop.
+        self._follow_revision = 0
+        self._followed_at = -FOLLOW_EVERY
+        self._follow_states: dict[str, ServiceState] = {}
+        self._follow_entries: list[JournalEntry] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -143,27 +152,44 @@ class ClusterNode:
         return None if self.election.etcd_ok else f"etcd unavailable: {self.election.error}"
 
     def not_ready_reasons(self) -> list[str]:
-        """Why this instance is not ready, for ``/readyz``: etcd lost or no leader known."""
+        """Why this instance is not ready, for ``/readyz``: its loop died or stalled, etcd
+        lost, no leader known, or votes too old to count (from memory: no etcd call)."""
+        reasons = []
+        if self.failure is not None:
+            reasons.append(f"cluster: {self.failure}")
+        stalled = self.clock.now() - self.round_at
+        if stalled > STALL_TTLS * self.cluster.lease_ttl:
+            reasons.append(f"cluster: loop stalled, no round for {stalled:.0f}s")
         if not self.election.etcd_ok:
-            return [f"cluster: etcd unavailable (no quorum?): {self.election.error}"]
+            return [*reasons, f"cluster: etcd unavailable (no quorum?): {self.election.error}"]
         if self.election.leader is None:
-            return ["cluster: no leader elected"]
-        return []
+            return [*reasons, "cluster: no leader elected"]
+        age = self.clock.wall() - self._read_wall
+        if age > self.window:
+            reasons.append(f"cluster: votes stale, no verdicts read for {age:.0f}s")
+        return reasons
 
     # -- this vantage point ------------------------------------------------------------------
 
     def observe(self, key: str, result: ProbeResult) -> None:
         """Fold a probe into this vantage's verdict; publish soon if the status moved."""
-        health = self.local.jobs[key].health
         before = self.local.checks[key]
-        after = observe(before, result, rise=health.rise, fall=health.fall)
-        self.local.put(key, after)
+        self.local.observe(key, result)
+        after = self.local.checks[key]
         if after.status is not before.status:
             self._dirty.add(key)
             self._wake.set()
         elif self.engine is not None:
             # Start-up progress (probes counted) reaches the engine without a publish.
             self.engine.set_check_health(key, self.voted_health(key))
+
+    def _expire_silent(self) -> None:
+        """This vantage's checks without results for too long (a hung probe worker) are
+        published unknown, then down (``HealthMonitor.expire``)."""
+        expired = self.local.expire(self.clock.now())
+        if expired:
+            self._dirty.update(expired)
+            self._wake.set()
 
     def verdict(self, key: str) -> Verdict:
         check = self.local.checks[key]
@@ -175,7 +201,8 @@ class ClusterNode:
     # -- the loop ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.round_at, self._read_wall = self.clock.now(), self.clock.wall()
+        self._task = asyncio.get_running_loop().create_task(self._supervise())
 
     async def stop(self) -> None:
         self._stop.set()
@@ -185,6 +212,23 @@ class ClusterNode:
         await asyncio.to_thread(self.election.resign)
         self.client.close()
         self.store_client.close()
+
+    async def _supervise(self) -> None:
+        """Run the loop; when it dies, say so (``/readyz`` 503 until a round succeeds) and
+        start it again: a dead loop renews no lease and votes on nothing, silently."""
+        while not self._stop.is_set():
+            try:
+                await self._run()
+            except Exception as exc:
+                self.counters.loop_restarts += 1
+                self.failure = f"loop died ({type(exc).__name__}: {exc}), restarted"
+                log.exception(
+                    "cluster_loop_died name=%s: restarting in %.0fs", self.name, START_RETRY
+                )
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=START_RETRY)
+                except TimeoutError:
+                    pass
 
     async def _run(self) -> None:
         next_step = 0.0
@@ -199,7 +243,11 @@ class ClusterNode:
                     self.counters.etcd_errors += 1
                     log.warning("cluster_exchange_failed name=%s error=%s", self.name, exc)
                 else:
-                    self._apply_votes()
+                    self._read_wall = self.clock.wall()
+                    self._show_followed()
+            self._expire_silent()
+            self._apply_votes()
+            self.failure, self.round_at = None, self.clock.now()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=READ_EVERY)
@@ -219,10 +267,12 @@ class ClusterNode:
         assert self.engine is not None
         try:
             self.engine.take_over()
+            self.store.load_changes()
         except EtcdError as exc:
             log.error("takeover_failed name=%s error=%s", self.name, exc)
             return
         self._led = True
+        self._follow_revision, self._follow_states, self._follow_entries = 0, {}, []
         self.engine.listeners.took_over()
         log.warning("leading name=%s services=%d", self.name, len(self.engine.services))
         for name in self.engine.services:
@@ -231,7 +281,26 @@ class ClusterNode:
     def _exchange(self) -> None:
         """Publish what changed (and the heartbeat when due); read every member's verdicts."""
         self._publish()
-        self.members = self._read_members()
+        self.members = self.reader.read()
+        if not self._led and self.clock.now() - self._followed_at >= FOLLOW_EVERY:
+            self._follow()
+
+    def _follow(self) -> None:
+        """Read what the leader stored since the last read (a follower shows it)."""
+        states, entries, self._follow_revision = self.store.follow(self._follow_revision)
+        self._followed_at = self.clock.now()
+        self._follow_states.update(states)
+        self._follow_entries += entries
+
+    def _show_followed(self) -> None:
+        """Hand the leader's states and history to this follower's engine and views: its
+        API and page show what the leader decided, beside this vantage's own verdicts."""
+        states, entries = self._follow_states, self._follow_entries
+        if self.engine is None or self._led or not (states or entries):
+            return
+        self._follow_states, self._follow_entries = {}, []
+        self.engine.follow(states)
+        self.engine.listeners.followed(entries)
 
     def _publish(self) -> None:
         lease = self.election.lease
@@ -268,42 +337,16 @@ class ClusterNode:
             self._key("verdicts", self.name, self.ids[key]), json.dumps(value).encode(), lease
         )
 
-    def _read_members(self) -> list[MemberView]:
-        """Every live member with its verdicts. Verdicts are read incrementally (only keys
-        changed since the last read); a full read once per heartbeat catches anything missed."""
-        seen = {
-            kv.key.rsplit("/", 1)[1]: float(json.loads(kv.value)["at"])
-            for kv in self.client.range(self._key("members", ""), prefix=True)
-        }
-        now = self.clock.now()
-        full = now - self._last_full_read >= self.heartbeat
-        changed, revision = self.client.changes(
-            self._key("verdicts", ""), 0 if full else self._read_revision
-        )
-        if full:
-            self._verdicts, self._last_full_read = {}, now
-        for kv in changed:
-            member, check = kv.key.rsplit("/", 2)[1:]
-            raw = json.loads(kv.value)
-            since = None if raw["since"] is None else self.clock.from_wall(raw["since"])
-            verdict = Verdict(Status(raw["status"]), since, raw["reason"])
-            self._verdicts.setdefault(member, {})[check] = verdict
-        # A member whose lease went took its verdicts along: forget them too.
-        self._verdicts = {m: v for m, v in self._verdicts.items() if m in seen}
-        self._read_revision = revision
-        return [
-            MemberView(name, at, dict(self._verdicts.get(name, {})))
-            for name, at in sorted(seen.items())
-        ]
-
     def _apply_votes(self) -> None:
-        votes, isolated = tally(
-            list(self.ids.values()),
-            self.members,
-            self.cluster.quorum,
-            self.clock.wall(),
-            self.window,
-        )
+        now = self.clock.wall()
+        if now - self._read_wall > self.window:
+            # Frozen verdicts are no evidence: every check unknown until a read succeeds.
+            stale = Vote.stale(now - self._read_wall)
+            votes, isolated = dict.fromkeys(self.ids.values(), stale), self.isolated
+        else:
+            votes, isolated = tally(
+                list(self.ids.values()), self.members, self.cluster.quorum, now, self.window
+            )
         if isolated != self.isolated:
             log.warning("isolated members=%s", ",".join(sorted(isolated)) or "none")
         self.votes, self.isolated = votes, isolated
@@ -324,8 +367,12 @@ class ClusterNode:
         voted = self.votes.get(self.ids[key])
         if voted is None:
             return replace(local, status=Status.UNKNOWN, since=None, probes=0)
-        decided = voted.status is not Status.UNKNOWN or (
-            bool(voted.votes) and all(s is not Status.UNKNOWN for s in voted.votes.values())
+        # Stale votes end no start-up and undo none: the check is unknown, not starting.
+        stale = voted.age is not None and voted.age > self.window
+        decided = (
+            stale
+            or voted.status is not Status.UNKNOWN
+            or (bool(voted.votes) and all(s is not Status.UNKNOWN for s in voted.votes.values()))
         )
         since = voted.since if voted.since is not None else local.since
         probes = local.probes if decided else 0

@@ -4,8 +4,10 @@ Keys under the cluster's prefix::
 
     services/NAME     the service's ServiceState (JSON, wall-clock times)
     changes/NAME      the last provider change (ChangeRecord)
+    command_seq       the last command id given out (ids come from etcd, never a clock)
     commands/ID       an operator command waiting for the leader (any instance may submit)
-    results/ID        what the leader answered to a command
+    results/ID        what the leader answered to a command: deleted once read, and bound
+                      to a lease of RESULT_TTL so an answer nobody waits for goes too
     journal/ID        one journal entry; the oldest are trimmed past JOURNAL_KEEP
 
 Writes that decide traffic (``save``, ``complete``, ``record_change``) are transactions
@@ -29,7 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from trafficflip.cluster.etcd import Compare, EtcdClient, EtcdUnavailable, delete_op, put_op
+from trafficflip.cluster.etcd import (
+    Compare,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    delete_op,
+    put_op,
+)
 from trafficflip.decision.model import JournalEntry, ServiceState
 from trafficflip.errors import NotLeaderError
 from trafficflip.runtime.state import (
@@ -46,6 +55,12 @@ JOURNAL_KEEP = 10000
 TXN_OPS = 100
 # Trim the journal once per this many appends (a count is a range request, not free).
 TRIM_EVERY = 100
+# How long the leader's answer to a command is kept for the CLI that waits for it.
+RESULT_TTL = 3600
+# Submissions racing for the next command id: each loser reads the new last id and retries.
+SUBMIT_ATTEMPTS = 20
+# Keys per range request when a follower reads what the leader stored.
+FOLLOW_PAGE = 1000
 
 
 class EtcdStateStore:
@@ -72,6 +87,10 @@ class EtcdStateStore:
         self.refusals = 0
         self._appends = 0
         self._seq = 0
+        # Each service's last provider change once read whole (``load_changes``, ``follow``):
+        # then ``last_change`` answers from memory, never with an etcd call on the event loop
+        # (every snapshot rebuild and change confirmation asks, for every service).
+        self._changes: dict[str, ChangeRecord] | None = None
 
     def _key(self, *parts: object) -> str:
         return "/".join([self.prefix, *(str(p) for p in parts)])
@@ -92,9 +111,11 @@ class EtcdStateStore:
         self._trim()
 
     def complete(self, command_id: int, result: str, term: int | None = None) -> None:
+        # A lease of its own: the leader's would take the answer along at a leader change.
+        lease = self.client.grant(RESULT_TTL)
         ops = [
             delete_op(self._key("commands", _id(command_id))),
-            put_op(self._key("results", _id(command_id)), result.encode()),
+            put_op(self._key("results", _id(command_id)), result.encode(), lease),
         ]
         self._fenced(f"complete command={command_id}", ops, "", term)
 
@@ -106,6 +127,8 @@ class EtcdStateStore:
             record.service,
             term,
         )
+        if self._changes is not None:
+            self._changes[record.service] = record
 
     def _fenced(self, what: str, ops: list[dict[str, Any]], service: str, term: int | None) -> None:
         """``ops`` in one transaction, only in ``term`` (None: the term held now)."""
@@ -168,11 +191,25 @@ class EtcdStateStore:
             self._trim()
 
     def submit(self, service: str, name: str, args: dict[str, Any], source: str) -> int:
+        """Queue a command for the leader under the next id from ``command_seq``.
+
+        One transaction takes the id and creates the command, only if nobody took that id
+        first and no command holds it: two submissions never share an id, and ids follow
+        submission order whatever the clocks of the submitting hosts say."""
         self._check_etcd()
-        command_id = time.time_ns() // 1000
         body = {"at": time.time(), "service": service, "name": name, "args": args, "source": source}
-        self.client.put(self._key("commands", _id(command_id)), json.dumps(body).encode())
-        return command_id
+        value = json.dumps(body).encode()
+        seq = self._key("command_seq")
+        for _ in range(SUBMIT_ATTEMPTS):
+            last = self.client.get(seq)
+            # The first id continues past the clock-based ids earlier versions gave out.
+            command_id = int(last.value) + 1 if last else time.time_ns() // 1000
+            key = self._key("commands", _id(command_id))
+            taken = Compare(seq, "MOD", last.mod_revision) if last else Compare(seq, "CREATE", 0)
+            ops = [put_op(seq, str(command_id).encode()), put_op(key, value)]
+            if self.client.txn([taken, Compare(key, "CREATE", 0)], ops).succeeded:
+                return command_id
+        raise EtcdError(f"command not queued: {SUBMIT_ATTEMPTS} other submissions came first")
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -188,16 +225,37 @@ class EtcdStateStore:
         )
         entries = []
         for kv in kvs:
-            raw = json.loads(kv.value)
-            if service is None or raw["service"] == service:
-                entries.append(
-                    JournalEntry(
-                        raw["at"], raw["service"], raw["kind"], raw["message"], raw["data"]
-                    )
-                )
+            entry = _entry(kv.value)
+            if service is None or entry.service == service:
+                entries.append(entry)
             if len(entries) >= limit:
                 break
         return list(reversed(entries))
+
+    def follow(self, revision: int) -> tuple[dict[str, ServiceState], list[JournalEntry], int]:
+        """What the leader stored after ``revision``: changed states and new journal
+        entries, and the revision to pass next time. With 0: every state and no entries
+        (the history is read on its own at start). For a follower's view; read-only."""
+        self._check_etcd()
+        entries: list[JournalEntry] = []
+        journal_revision = 0
+        if revision:
+            # The journal first: states read after it may be newer (read again next time,
+            # harmless); entries never are, so none is shown twice.
+            kvs, journal_revision = self.client.changes(
+                self._key("journal", ""), revision, page=FOLLOW_PAGE
+            )
+            entries = [e for kv in kvs if (e := _readable(kv.value)) is not None]
+        self._read_changes(revision)
+        services = self._key("services", "")
+        kvs, states_revision = self.client.changes(services, revision, page=FOLLOW_PAGE)
+        states = {}
+        for kv in kvs:
+            try:
+                states[kv.key[len(services) :]] = state_from_json(kv.value.decode())
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("state_skipped key=%s error=%s", kv.key, exc)
+        return states, entries, journal_revision or states_revision
 
     def pending(self) -> list[Command]:
         self._check_etcd()
@@ -213,23 +271,40 @@ class EtcdStateStore:
         return commands
 
     def command_result(self, command_id: int) -> str | None:
-        kv = self.client.get(self._key("results", _id(command_id)))
-        return kv.value.decode() if kv else None
-
-    def last_change(self, service: str) -> ChangeRecord | None:
-        self._check_etcd()
-        kv = self.client.get(self._key("changes", service))
+        """The leader's answer, once: it is deleted as it is read."""
+        key = self._key("results", _id(command_id))
+        kv = self.client.get(key)
         if kv is None:
             return None
-        raw = json.loads(kv.value)
-        return ChangeRecord(
-            raw["service"],
-            raw["provider"],
-            tuple(raw["change_ids"]),
-            raw["submitted_at"],
-            raw["in_sync"],
-            raw["confirmed_at"],
-        )
+        self.client.delete(key)
+        return kv.value.decode()
+
+    def last_change(self, service: str) -> ChangeRecord | None:
+        if self._changes is not None:
+            return self._changes.get(service)
+        self._check_etcd()
+        kv = self.client.get(self._key("changes", service))
+        return None if kv is None else _change(kv.value)
+
+    def load_changes(self) -> None:
+        """Read every service's last change at once (a new leader, before acting)."""
+        self._check_etcd()
+        self._read_changes(0)
+
+    def _read_changes(self, revision: int) -> None:
+        """Every change record written after ``revision`` (all with 0) into memory."""
+        if revision and self._changes is None:
+            return  # never read whole: the newer records alone would hide the older ones
+        prefix = self._key("changes", "")
+        kvs, _ = self.client.changes(prefix, revision, page=FOLLOW_PAGE)
+        # Updated in place after the first read: the writer thread may add its own meanwhile.
+        changes = self._changes if revision and self._changes is not None else {}
+        for kv in kvs:
+            try:
+                changes[kv.key[len(prefix) :]] = _change(kv.value)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("change_skipped key=%s error=%s", kv.key, exc)
+        self._changes = changes
 
     def close(self) -> None:
         """Close the client if this store owns it (the node closes its own)."""
@@ -265,3 +340,29 @@ class EtcdStateStore:
 
 def _id(command_id: int) -> str:
     return f"{command_id:020d}"
+
+
+def _change(value: bytes) -> ChangeRecord:
+    raw = json.loads(value)
+    return ChangeRecord(
+        raw["service"],
+        raw["provider"],
+        tuple(raw["change_ids"]),
+        raw["submitted_at"],
+        raw["in_sync"],
+        raw["confirmed_at"],
+    )
+
+
+def _entry(value: bytes) -> JournalEntry:
+    raw = json.loads(value)
+    return JournalEntry(raw["at"], raw["service"], raw["kind"], raw["message"], raw["data"])
+
+
+def _readable(value: bytes) -> JournalEntry | None:
+    """A journal entry, or None (logged) when this version cannot read it."""
+    try:
+        return _entry(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("journal_entry_skipped error=%s", exc)
+        return None

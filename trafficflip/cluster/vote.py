@@ -9,6 +9,7 @@ up is cut off itself (its own network), so its votes are ignored.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,13 +25,50 @@ FRESH_INTERVALS = 3
 Verdict = SiteHealth
 
 
+class MalformedEntry(ValueError):
+    """A key or value under the prefix this version cannot read (a newer version's, or
+    written by hand): skipped, never a reason to stop the loop that reads it."""
+
+
+def parse_heartbeat(value: bytes) -> float:
+    """A member's heartbeat value: when it last published (its wall time)."""
+    try:
+        at = json.loads(value)["at"]
+        if isinstance(at, bool) or not isinstance(at, int | float):
+            raise TypeError(f"'at' is {type(at).__name__}")
+        return float(at)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MalformedEntry(f"heartbeat: {exc}") from exc
+
+
+def parse_verdict(value: bytes) -> tuple[Status, float | None, str]:
+    """A member's verdict value: status, since (its wall time) and reason. A status this
+    version does not know (a newer version's, in a rolling upgrade) is malformed here."""
+    try:
+        raw = json.loads(value)
+        since, reason = raw["since"], raw["reason"]
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
+            raise TypeError(f"'since' is {type(since).__name__}")
+        return Status(raw["status"]), None if since is None else float(since), str(reason)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MalformedEntry(f"verdict: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class MemberView:
-    """A member's published verdicts (by check id) and when it last published (wall time)."""
+    """A member's published verdicts (by check id), when it last published (its wall time)
+    and when this instance last read them (this host's wall time; None: just now)."""
 
     name: str
     seen_at: float
     verdicts: Mapping[str, Verdict] = field(default_factory=dict)
+    read_at: float | None = None
+
+    def age(self, now: float) -> float:
+        """How old its verdicts are: since it published them, or since this instance last
+        read them when that is longer ago (reads failing: the copy here is frozen)."""
+        read = self.seen_at if self.read_at is None else min(self.seen_at, self.read_at)
+        return now - read
 
 
 @dataclass(frozen=True)
@@ -41,11 +79,18 @@ class Vote:
     since: float | None
     votes: Mapping[str, Status]
     needed: int
+    # The oldest counted verdict's age in seconds (None: no member counted).
+    age: float | None = None
+
+    @classmethod
+    def stale(cls, age: float) -> Vote:
+        """No verdict read for ``age`` seconds: unknown, whatever the last votes said."""
+        return cls(Status.UNKNOWN, None, {}, 1, age)
 
 
 def fresh(members: Sequence[MemberView], now: float, window: float) -> list[MemberView]:
     """The members that published within ``window`` seconds of ``now``."""
-    return [m for m in members if now - m.seen_at <= window]
+    return [m for m in members if m.age(now) <= window]
 
 
 def isolated(members: Sequence[MemberView]) -> set[str]:
@@ -73,8 +118,9 @@ def needed(quorum: Quorum, voters: int) -> int:
     return max(1, min(int(quorum), voters))
 
 
-def vote(check: str, voters: Sequence[MemberView], quorum: Quorum) -> Vote:
-    """The status of ``check`` among ``voters`` (already fresh and not isolated)."""
+def vote(check: str, voters: Sequence[MemberView], quorum: Quorum, now: float = 0.0) -> Vote:
+    """The status of ``check`` among ``voters`` (already fresh and not isolated) at ``now``."""
+    age = max((m.age(now) for m in voters), default=None) if now else None
     votes = {
         m.name: m.verdicts[check].status if check in m.verdicts else Status.UNKNOWN for m in voters
     }
@@ -92,8 +138,8 @@ def vote(check: str, voters: Sequence[MemberView], quorum: Quorum) -> Vote:
         if voters and count >= threshold:
             # Since the moment the threshold-th member agreed: that is when the vote flipped.
             since = agreeing[threshold - 1] if len(agreeing) >= threshold else None
-            return Vote(status, since, votes, need)
-    return Vote(Status.UNKNOWN, None, votes, need)
+            return Vote(status, since, votes, need, age)
+    return Vote(Status.UNKNOWN, None, votes, need, age)
 
 
 def tally(
@@ -107,4 +153,4 @@ def tally(
     current = fresh(members, now, window)
     cut_off = isolated(current)
     voters = [m for m in current if m.name not in cut_off]
-    return {check: vote(check, voters, quorum) for check in checks}, cut_off
+    return {check: vote(check, voters, quorum, now) for check in checks}, cut_off

@@ -39,7 +39,7 @@ from trafficflip.decision.commands import (
     REASON_PATTERN,
     CommandSpec,
 )
-from trafficflip.errors import ConfigError
+from trafficflip.errors import ConfigError, TrafficflipError
 from trafficflip.operations.metrics import Metrics
 from trafficflip.operations.page import render_page
 from trafficflip.operations.snapshot import SnapshotKeeper
@@ -203,6 +203,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "the body is not JSON"),
         (409, "the command does not apply to this service (it has no such site)"),
+        (503, "the command could not be taken now (cluster: etcd did not queue it)"),
         (401, "no token or a wrong one"),
         (403, "mutating endpoints are off"),
         (404, "unknown service"),
@@ -404,7 +405,15 @@ def _command_endpoint(
         args = (body or CommandBody.model_validate({})).model_dump(by_alias=True, exclude_none=True)
         # Taken at once, in the loop: no synchronous store write (a locked or full disk must
         # not hold an operator's failover); the journal line goes through the writer.
-        result = engine.execute(name, spec.name, args, source=f"api:{who}")
+        try:
+            result = engine.execute(name, spec.name, args, source=f"api:{who}")
+        except TrafficflipError as exc:
+            # A follower could not queue it in etcd (away, or too slow to answer): say so,
+            # never a 500. A timeout may still have queued it: the journal will tell.
+            log.warning("api_command_unavailable service=%s command=%s: %s", name, spec.name, exc)
+            raise HTTPException(
+                503, f"{spec.name} not confirmed: {exc}; check the journal before retrying"
+            ) from exc
         if not result.ok:
             raise HTTPException(409, result.detail)
         log.info("api_command service=%s command=%s by=%s", name, spec.name, who)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trafficflip.decision.model import EventKind, JournalEntry, ProbeResult, Status
+from trafficflip.errors import TrafficflipError
 from trafficflip.operations.status import Summary, severity, summarize
 from trafficflip.operations.views import (
     JOURNAL_KEEP,
@@ -135,6 +136,17 @@ class SnapshotKeeper(EngineListener):
         self._urgent.set()
         self._changed.set()
 
+    def followed(self, entries: Sequence[JournalEntry]) -> None:
+        # A follower shows the leader's history; what the seed at start read already is not
+        # shown twice (the follow starts from a revision read before the seed).
+        for entry in entries:
+            journal = self._journals.get(entry.service)
+            if journal and journal[-1].at >= entry.at:
+                continue
+            self._remember(entry)
+        self._urgent.set()
+        self._changed.set()
+
     def took_over(self) -> None:
         # The previous leader journaled into the shared store: read it before the next build.
         self._reseed = True
@@ -184,7 +196,14 @@ class SnapshotKeeper(EngineListener):
     def refresh(self, name: str) -> ServiceView:
         """Rebuild one service's view into the current snapshot now, so an operator's
         command is visible to the next read (read-your-writes)."""
-        fresh = self.view(name)
+        try:
+            fresh = self.view(name)
+        except TrafficflipError as exc:
+            # The command was taken; only the store could not say what was last written to
+            # the provider (etcd slow or away): that part waits for the next rebuild.
+            log.warning("snapshot_refresh_partial service=%s error=%s", name, exc)
+            journal = list(self._journals.get(name, ()))
+            fresh = service_view(self.engine, name, journal, None)
         views = [fresh if v.name == name else v for v in self.current.services]
         self.current = self._finish(views)
         return fresh

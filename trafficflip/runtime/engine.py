@@ -113,6 +113,8 @@ class Engine:
         # More reasons not to be ready, from components beside the engine (the cluster node).
         self.readiness: list[Callable[[], list[str]]] = []
         self._site_status: dict[str, dict[str, Status]] = {}
+        # Ids of commands applied and still pending in the store (``take_commands``).
+        self._commands_taken: set[int] = set()
         self._last_confirm = -CONFIRM_EVERY
         self._tick_from = 0  # where the next tick starts in the list of services
         # Start-up: first decisions are held back until every service has its start-up
@@ -223,6 +225,14 @@ class Engine:
         for name in self.monitor.observe(key, result):
             self._log_transitions(name)
             self.request(name)
+
+    def expire_silent(self) -> None:
+        """Checks without a result for too long (a hung probe worker) turn unknown, then
+        down (``HealthMonitor.expire``); called by whatever runs the probes out of process."""
+        for key in self.monitor.expire(self.clock.now()):
+            for name in self.monitor.subscribers[key]:
+                self._log_transitions(name)
+                self.request(name)
 
     def service_health(self, service: str) -> ServiceHealth:
         return self.monitor.service_health(service)
@@ -423,9 +433,13 @@ class Engine:
             return {}
         results = {}
         for command in pending:
-            results[command.id] = self._take(command)
-            if self.writer is not None:
-                self.writer.complete(command.id, results[command.id].encode())
+            # Pending until the store takes its completion (which may fail for a while):
+            # applied once here all the same, or each tick would journal it and undo later moves.
+            if command.id not in self._commands_taken:
+                results[command.id] = self._take(command)
+                if self.writer is not None:
+                    self.writer.complete(command.id, results[command.id].encode())
+        self._commands_taken = {c.id for c in pending}
         return results
 
     def _take(self, command: Command) -> CommandResult:

@@ -29,6 +29,10 @@ class EngineListener:
         """A read-plan-apply of ``provider`` ended; ``apply_seconds`` is None when nothing
         was applied (an empty plan, or a failure before the apply)."""
 
+    def followed(self, entries: Sequence[JournalEntry]) -> None:
+        """``entries`` were journaled by the cluster's leader, not here: to show, never to
+        act on (a follower that notified them would repeat the leader's notices)."""
+
     def took_over(self) -> None:
         """This instance became the cluster's leader and took every service's state from
         the shared store: what it keeps of the history must be read again from there."""
@@ -50,6 +54,10 @@ class Listeners(list[EngineListener]):
     ) -> None:
         for listener in self:
             _guard(listener.provider_synced, provider, error, apply_seconds)
+
+    def followed(self, entries: Sequence[JournalEntry]) -> None:
+        for listener in self:
+            _guard(listener.followed, entries)
 
     def took_over(self) -> None:
         for listener in self:

@@ -10,12 +10,25 @@ import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from trafficflip.config.schema import Check, HealthConfig, ServiceConfig
 from trafficflip.decision.health import CheckHealth, observe, site_health
 from trafficflip.decision.model import ProbeResult, ServiceHealth, SiteHealth, Status
+
+
+def silence_limit(health: HealthConfig) -> float:
+    """How long a check may go without any result before it is unknown: three intervals,
+    or one probe's full interval and timeout with a second to spare if that is longer."""
+    return max(3 * health.interval, health.interval + health.timeout + 1.0)
+
+
+def silence_grace(health: HealthConfig) -> float:
+    """How long a silent check stays unknown before it counts as down: as long as ``fall``
+    failed probes would take. Unknown never moves traffic; a serving site nobody can
+    probe any longer must, in the end."""
+    return health.fall * health.interval
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,8 @@ class HealthMonitor:
         self._health: dict[str, ServiceHealth] = {}
         self.subscribers: dict[str, set[str]] = defaultdict(set)
         self.services: dict[str, ServiceRuntime] = {}
+        # When each check's last result was taken (its ``at``, monotonic), for ``expire``.
+        self.heard: dict[str, float] = {}
         for service in services:
             self.add(service)
 
@@ -97,6 +112,7 @@ class HealthMonitor:
             self.subscribers[key].discard(name)
             if not self.subscribers[key]:
                 del self.subscribers[key], self.jobs[key], self._checks[key]
+                self.heard.pop(key, None)
 
     def observe(self, key: str, result: ProbeResult) -> set[str]:
         """Fold a probe result in; return the services whose health may have changed."""
@@ -105,11 +121,32 @@ class HealthMonitor:
             return set()  # a probe of a check a reload just removed
         before = self.checks[key]
         after = observe(before, result, rise=job.health.rise, fall=job.health.fall)
+        self.heard[key] = max(result.at, self.heard.get(key, result.at))
         self.put(key, after)
         changed = after.status is not before.status
         if changed or after.settled(job.health.rise) != before.settled(job.health.rise):
             return set(self.subscribers[key])
         return set()
+
+    def expire(self, now: float) -> list[str]:
+        """Checks silent past their ``silence_limit`` (a hung probe worker): an up one
+        becomes unknown, and down past ``silence_grace`` more; a result brings it back
+        through ``rise`` as usual. Returns the checks whose status changed."""
+        changed = []
+        for key, at in self.heard.items():
+            health, job = self._checks[key], self.jobs[key]
+            silent = now - at
+            limit = silence_limit(job.health)
+            if silent <= limit or health.status is Status.DOWN:
+                continue
+            down = silent > limit + silence_grace(job.health)
+            if not down and health.status is Status.UNKNOWN:
+                continue
+            status = Status.DOWN if down else Status.UNKNOWN
+            last = ProbeResult(False, f"no probe result for {silent:.0f}s", 0.0, now, True)
+            self.put(key, replace(health, status=status, since=now, streak=0, last=last))
+            changed.append(key)
+        return changed
 
     def put(self, key: str, health: CheckHealth) -> None:
         """Set a check's health (a probe folded in, or a cluster's voted verdict)."""

@@ -78,6 +78,7 @@ class Runner:
                 self.stats,
                 log_level=log_level,
                 log_format=log_format,
+                expire=engine.expire_silent,
             )
             if probe_workers > 1
             else None
