@@ -249,6 +249,19 @@ def test_a_follower_shows_what_the_leader_stored(etcd: EtcdCluster, client: Etcd
     node.election.resign()
 
 
+class _Leading:
+    """The authority of an instance that may act exactly while ``leading[0]``."""
+
+    def __init__(self, leading: list[bool]) -> None:
+        self.leading = leading
+
+    def may_act(self, timeout: float) -> bool:
+        return self.leading[0]
+
+    def call_limit(self) -> float:
+        return float("inf")
+
+
 async def test_a_command_etcd_cannot_take_answers_503_never_500(client: EtcdClient) -> None:
     from tests.test_operator_api import AUTH, TOKEN
 
@@ -261,7 +274,7 @@ async def test_a_command_etcd_cannot_take_answers_503_never_500(client: EtcdClie
         store,
         {"mem": MemoryProvider()},
         leading=lambda: leading[0],
-        may_write=lambda: leading[0],
+        authority=_Leading(leading),
         observed=lambda key, result: None,
         refused=lambda: None,
     )
