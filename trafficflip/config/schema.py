@@ -46,7 +46,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: a duration of .inf passes every "at least" rule, then breaks `run`.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def split_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -348,7 +349,7 @@ class ServiceConfig(BaseModel):
     """
 
     # extra="allow" keeps the adapter's keys for its own model; the loader rejects the rest.
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     _adapter_keys: _KeysCache = PrivateAttr(default_factory=_KeysCache)
 
     name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
@@ -544,6 +545,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     config: str | None = None
