@@ -15,6 +15,7 @@ import yaml
 from tests.support import ROOT, trafficflip_command
 from trafficflip.config.durations import parse_duration
 from trafficflip.config.loader import load_config
+from trafficflip.config.schema import redact_url
 from trafficflip.errors import ConfigError
 
 BASE: dict[str, Any] = {
@@ -371,3 +372,15 @@ def test_a_malformed_tokens_variable_names_its_key(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert "api.tokens: TRAFFICFLIP_API__TOKENS is not valid JSON" in result.stderr
     assert "secret" not in result.stderr.replace("TRAFFICFLIP", "")
+
+
+def test_credentials_in_a_url_are_never_echoed() -> None:
+    data = copy.deepcopy(BASE)
+    check = data["services"][0]["sites"][0]["checks"][0]
+    check["url"] = "http://admin:hunter2@192.0.2.10:port:1/healthz"
+    with pytest.raises(ConfigError) as raised:
+        load_config(data=data)
+    (problem,) = raised.value.problems
+    assert problem.startswith("services[0].sites[0].checks[0].url: invalid URL 'http://***@")
+    assert "hunter2" not in problem and "admin" not in problem
+    assert redact_url("see http://u:p@ss@h/x and https://h/") == "see http://***@h/x and https://h/"

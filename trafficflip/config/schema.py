@@ -70,6 +70,12 @@ def split_host_port(value: str, default_port: int | None = None) -> tuple[str, i
     return host, port
 
 
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced: ``http://user:pass@host``
+    becomes ``http://***@host``. Errors quote URLs; credentials must not reach the log."""
+    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@", r"\1***@", text)
+
+
 def _as_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(value)
@@ -108,9 +114,11 @@ class HttpCheck(Strict):
         try:
             url = httpx.URL(value)
         except Exception as exc:  # httpx raises several types for malformed URLs
-            raise ValueError(f"invalid URL {value!r}: {exc}") from None
+            raise ValueError(redact_url(f"invalid URL {value!r}: {exc}")) from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"invalid URL {value!r}: needs http:// or https:// and a host")
+            raise ValueError(
+                redact_url(f"invalid URL {value!r}: needs http:// or https:// and a host")
+            )
         return value
 
     @field_validator("body_regex")
@@ -460,6 +468,19 @@ class NotifyTarget(Strict):
             raise ValueError("invalid URL: needs http:// or https:// and a host")
         return value
 
+    @field_validator("headers")
+    @classmethod
+    def _header_values(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # A YAML block scalar or a secret read from a file ends in a newline, which HTTP
+        # refuses (and the refusal would quote the secret): strip it; reject one inside.
+        clean = {}
+        for name, value in headers.items():
+            text = value.get_secret_value().strip()
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text if c != "\t"):
+                raise ValueError(f"header {name!r}: the value holds a control character")
+            clean[name] = SecretStr(text)
+        return clean
+
 
 class JournalConfig(Strict):
     """Journal retention (``TRAFFICFLIP_JOURNAL__*``): entries older than ``max_age`` and
@@ -519,7 +540,7 @@ class ClusterConfig(Strict):
             raise ValueError("at least one etcd member URL")
         for url in urls:
             if not re.fullmatch(r"https?://[^/\s]+/?", url):
-                raise ValueError(f"invalid etcd URL {url!r}: use http(s)://host:port")
+                raise ValueError(redact_url(f"invalid etcd URL {url!r}: use http(s)://host:port"))
         return urls
 
     @field_validator("lease_ttl")
