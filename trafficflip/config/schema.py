@@ -583,6 +583,9 @@ class Settings(BaseSettings):
     api: ApiConfig = ApiConfig()
     notify: list[NotifyTarget] = []
     journal: JournalConfig = JournalConfig()
+    # The share of the running services a reload may remove without allow_removal: 0 (the
+    # default) asks for it at any removal, 1 never does.
+    reload_removal_share: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     cluster: ClusterConfig | None = None
 

@@ -253,7 +253,7 @@ def create_app(
     tokens: Mapping[str, str],
     config: ApiConfig | None = None,
     snapshots: SnapshotKeeper | None = None,
-    reload: Callable[[], list[str]] | None = None,
+    reload: Callable[[bool], list[str]] | None = None,
 ) -> FastAPI:
     """The application over a running engine (the routes are in ``_routes``). Without
     ``snapshots`` it keeps its own, started and stopped by the ``ApiServer``. ``reload``
@@ -275,22 +275,35 @@ def create_app(
     return app
 
 
+# Known services listed when a command names an unknown one.
+KNOWN_LISTED = 20
+
+
 class ReloadResult(BaseModel):
     result: str
     problems: list[str] = []
 
 
-def _reload_route(app: FastAPI, reload: Callable[[], list[str]]) -> None:
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Take a configuration that removes services (docs/operations.md, "Reload").
+    allow_removal: bool = False
+
+
+def _reload_route(app: FastAPI, reload: Callable[[bool], list[str]]) -> None:
     @app.post(
         "/api/v1/reload",
         response_model=ReloadResult,
         responses={400: {"model": ReloadResult}, 401: ERRORS[401], 403: ERRORS[403]},
         summary="re-read the configuration file and the environment",
     )
-    async def reload_config(who: Operator, response: Response) -> ReloadResult:
+    async def reload_config(
+        who: Operator, response: Response, request: ReloadRequest | None = None
+    ) -> ReloadResult:
         """A valid configuration takes effect at once; an invalid one changes nothing and
-        its problems come back as ``key.path: reason``."""
-        problems = reload()
+        its problems come back as ``key.path: reason``. One that removes services needs
+        ``{"allow_removal": true}`` (unless the removal is within reload_removal_share)."""
+        problems = reload(request is not None and request.allow_removal)
         log.info("api_reload by=%s problems=%d", who, len(problems))
         if problems:
             response.status_code = 400
@@ -400,7 +413,10 @@ def _command_endpoint(
 ) -> Callable[..., Awaitable[CommandResponse]]:
     async def take(name: str, who: str, body: CommandBody | None) -> CommandResponse:
         if name not in engine.services:
-            raise HTTPException(404, f"unknown service {name!r}")
+            known = sorted(engine.services)
+            more = f" and {len(known) - KNOWN_LISTED} more" if len(known) > KNOWN_LISTED else ""
+            listed = ", ".join(known[:KNOWN_LISTED])
+            raise HTTPException(404, f"unknown service {name!r} (services: {listed}{more})")
         args = (body or CommandBody.model_validate({})).model_dump(by_alias=True, exclude_none=True)
         # Taken at once, in the loop: no synchronous store write (a locked or full disk must
         # not hold an operator's failover); the journal line goes through the writer.
