@@ -32,13 +32,14 @@ def parse_duration(value: Any) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds the way the config writes them (``1m30s``, ``250ms``)."""
+    """Render seconds the way the config writes them (``1m30s``, ``250ms``, ``366d``)."""
     if seconds < 1:
         return f"{round(seconds * 1000)}ms"
     whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [(hours, "h"), (minutes, "m"), (secs, "s")]
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
     return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 

@@ -177,10 +177,13 @@ class Summary:
         )
         down = "checks not known" if self.checks_down is None else f"{self.checks_down} checks down"
         last = "never" if self.last_failover is None else clock_text(self.last_failover)
-        return (
-            f"{self.services} services: {counts}{', ' + others if others else ''}; {down}; "
-            f"last failover {last}"
-        )
+        total = plural(self.services, "service")
+        return f"{total}: {counts}{', ' + others if others else ''}; {down}; last failover {last}"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 service``, ``2 services``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def summarize(
