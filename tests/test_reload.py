@@ -120,6 +120,8 @@ async def test_the_reload_api_takes_allow_removal_and_never_echoes_credentials(
         rig.write(NAMES[:1])
         answer = await api.post("/api/v1/reload")
         assert answer.status_code == 400 and "remove 3 of 4" in answer.json()["problems"][0]
+        answer = await api.post("/api/v1/reload", json={"allow_removal": 1})
+        assert answer.status_code == 422  # a yes to removing services is said as true
         answer = await api.post("/api/v1/reload", json={"allow_removal": True})
         assert answer.status_code == 200, answer.text
     assert list(rig.engine.services) == ["www"]

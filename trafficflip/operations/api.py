@@ -28,7 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -286,15 +286,23 @@ class ReloadResult(BaseModel):
 
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # Take a configuration that removes services (docs/operations.md, "Reload").
-    allow_removal: bool = False
+    # Take a configuration that removes services (docs/operations.md, "The process"); strict:
+    # 0 or "yes" must not pass for a yes to something this destructive.
+    allow_removal: StrictBool = False
 
 
 def _reload_route(app: FastAPI, reload: Callable[[bool], list[str]]) -> None:
     @app.post(
         "/api/v1/reload",
         response_model=ReloadResult,
-        responses={400: {"model": ReloadResult}, 401: ERRORS[401], 403: ERRORS[403]},
+        responses={
+            400: {
+                "model": ReloadResult | Error,
+                "description": "the configuration was rejected (problems), or the body is not JSON",
+            },
+            401: ERRORS[401],
+            403: ERRORS[403],
+        },
         summary="re-read the configuration file and the environment",
     )
     async def reload_config(
