@@ -18,9 +18,8 @@ import yaml
 from tests.factories import service, service_data
 from tests.named import AVAILABLE, KEY_NAME, ZONE, Named
 from tests.support import free_port, trafficflip_command
-from trafficflip.cli import _taken_note, render_status
-from trafficflip.decision.commands import COMMANDS
-from trafficflip.operations.status import summarize
+from trafficflip.cli import render_status
+from trafficflip.operations.status import summarize, waits_for
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("TRAFFICFLIP_")}
 
@@ -136,14 +135,24 @@ def test_counts_read_in_the_singular() -> None:
 
 
 def test_a_drain_says_what_it_waits_for() -> None:
-    drain = COMMANDS["drain"]
     www = service(failback={"stabilize": "2m", "steps": [50, 100], "step_duration": "1m"})
-    assert _taken_note(drain, www) == (
-        "; traffic moves once the sites taking it have been up for failback.stabilize (2m), "
+    assert waits_for("drain", www) == (
+        "traffic moves once the sites taking it have been up for failback.stabilize (2m), "
         "then in 2 steps of 1m"
     )
-    assert "failback.stabilize" in _taken_note(drain, None)
-    assert _taken_note(COMMANDS["hold"], www) == ""
+    assert waits_for("failover", www) == waits_for("drain", www)
+    assert waits_for("hold", www) == ""
+
+
+def test_the_cli_prints_the_api_note() -> None:
+    note = "traffic moves once the sites taking it have been up for failback.stabilize (2m)"
+    stub = Stub(200, {"command": "drain", "result": "ok", "note": note, "service": {}})
+    try:
+        result = run("drain", "www", "primary", "--api", stub.url)
+    finally:
+        stub.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"drain www: ok; {note}"
 
 
 @pytest.mark.skipif(not AVAILABLE, reason="needs BIND's named (and root)")

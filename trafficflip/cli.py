@@ -23,9 +23,7 @@ import httpx
 
 from trafficflip import __version__
 from trafficflip.backend.provider import Provider
-from trafficflip.config.durations import format_duration
 from trafficflip.config.loader import Config, load_config
-from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.commands import (
     COMMANDS,
     CommandError,
@@ -47,6 +45,7 @@ from trafficflip.operations.status import (
     severity,
     summarize,
     table,
+    waits_for,
 )
 from trafficflip.operations.views import (
     JOURNAL_KEEP,
@@ -399,26 +398,10 @@ def _command_via_api(
     response = _api_call("POST", args.api, path, json=payload)
     if response.status_code != 200:
         return _api_error(response)
-    print(f"{spec.name} {args.service}: {response.json()['result']}{_taken_note(spec, None)}")
+    answer = response.json()
+    note = f"; {answer['note']}" if answer.get("note") else ""
+    print(f"{spec.name} {args.service}: {answer['result']}{note}")
     return 0
-
-
-def _taken_note(spec: CommandSpec, service: ServiceConfig | None) -> str:
-    """What an accepted command still waits for: a drain's traffic moves only once the sites
-    that take it have been up for ``failback.stabilize``, then along the steps."""
-    if spec.name != "drain":
-        return ""
-    if service is None:
-        return (
-            "; traffic moves once the sites taking it have been up for failback.stabilize, "
-            "then along failback.steps"
-        )
-    failback = service.failback
-    return (
-        "; traffic moves once the sites taking it have been up for failback.stabilize "
-        f"({format_duration(failback.stabilize)}), then in {len(failback.steps)} steps of "
-        f"{format_duration(failback.step_duration)}"
-    )
 
 
 def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
@@ -458,8 +441,8 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
             print(f"{spec.name} {args.service}: queued; a running instance takes it next tick")
             return 0
         result = CommandResult.decode(text)
-        note = _taken_note(spec, config.settings.service(args.service)) if result.ok else ""
-        print(f"{spec.name} {args.service}: {result}{note}")
+        note = waits_for(spec.name, config.settings.service(args.service)) if result.ok else ""
+        print(f"{spec.name} {args.service}: {result}{f'; {note}' if note else ''}")
         return 0 if result.ok else 1
 
     return handler

@@ -43,6 +43,7 @@ from trafficflip.errors import ConfigError
 from trafficflip.operations.metrics import Metrics
 from trafficflip.operations.page import render_page
 from trafficflip.operations.snapshot import SnapshotKeeper
+from trafficflip.operations.status import waits_for
 from trafficflip.operations.views import JOURNAL_KEEP, ServiceView
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.scheduler import TICK_INTERVAL, Runner
@@ -100,6 +101,9 @@ BODIES: dict[str | None, type[CommandBody]] = {
 class CommandResponse(BaseModel):
     command: str
     result: str = Field(description="ok")
+    note: str = Field(
+        "", description="what a taken command still waits for (a drain: stabilize, the steps)"
+    )
     service: ServiceView
 
 
@@ -433,7 +437,8 @@ def _command_endpoint(
             raise HTTPException(409, result.detail)
         log.info("api_command service=%s command=%s by=%s", name, spec.name, who)
         view = snapshots.refresh(name)
-        return CommandResponse(command=spec.name, result=str(result), service=view)
+        note = waits_for(spec.name, engine.services[name].config)
+        return CommandResponse(command=spec.name, result=str(result), note=note, service=view)
 
     async def with_site(name: ServiceName, who: Operator, body: Any) -> CommandResponse:
         return await take(name, who, body)

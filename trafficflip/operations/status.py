@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from trafficflip.config.durations import format_duration
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.decide import move_starts_at, next_step_at, site_order
 from trafficflip.decision.model import ServiceHealth, ServiceState, SiteHealth, Status
@@ -184,6 +185,20 @@ class Summary:
 def plural(count: int, noun: str) -> str:
     """``1 service``, ``2 services``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def waits_for(command: str, service: ServiceConfig) -> str:
+    """What a taken command still waits for, said in its answer; empty when nothing. A drain
+    moves traffic only once the sites taking it have been up for ``failback.stabilize``,
+    then along the steps: "ok" alone reads as done."""
+    if command not in ("drain", "failover"):
+        return ""
+    failback = service.failback
+    return (
+        "traffic moves once the sites taking it have been up for failback.stabilize "
+        f"({format_duration(failback.stabilize)}), then in {len(failback.steps)} steps of "
+        f"{format_duration(failback.step_duration)}"
+    )
 
 
 def summarize(
