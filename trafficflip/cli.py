@@ -40,6 +40,7 @@ from trafficflip.operations.status import (
     Phase,
     Summary,
     clock_text,
+    known_services,
     phase,
     plural,
     severity,
@@ -78,8 +79,6 @@ PREVIEW_RETRIES = 5
 COMMAND_WAIT = 5.0
 API_URL_ENV, API_TOKEN_ENV = "TRAFFICFLIP_API_URL", "TRAFFICFLIP_API_TOKEN"
 API_TIMEOUT = 10.0
-# Known services listed when a command names an unknown one.
-KNOWN_LISTED = 20
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
@@ -431,7 +430,8 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
         names = [s.name for s in config.services]
         if args.service not in names:
             # Exit 1 like any refused command (and like the --api path's 404).
-            print(f"error: unknown service {args.service!r}{_known(names)}", file=sys.stderr)
+            known = known_services(names)
+            print(f"error: unknown service {args.service!r}{known}", file=sys.stderr)
             return 1
         store = _command_store(config)
         command_id = store.submit(args.service, spec.name, payload, source="cli")
@@ -446,14 +446,6 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
         return 0 if result.ok else 1
 
     return handler
-
-
-def _known(names: Sequence[str]) -> str:
-    if not names:
-        return " (no services are configured)"
-    shown = ", ".join(sorted(names)[:KNOWN_LISTED])
-    more = f" and {len(names) - KNOWN_LISTED} more" if len(names) > KNOWN_LISTED else ""
-    return f" (services: {shown}{more})"
 
 
 def maintenance_end(duration: str | None, until: str | None) -> dict[str, object]:

@@ -241,8 +241,7 @@ def _load_providers(
     for name, raw in raw_providers.items():
         key = f"providers.{name}"
         if not isinstance(raw, Mapping):
-            problems.append(f"{key}: must be a mapping")
-            continue
+            continue  # only from an invalid whole, whose own error already says so
         type_name = raw.get("type")
         if not type_name:
             problems.append(f"{key}.type: required key is missing")

@@ -43,7 +43,7 @@ from trafficflip.errors import ConfigError
 from trafficflip.operations.metrics import Metrics
 from trafficflip.operations.page import render_page
 from trafficflip.operations.snapshot import SnapshotKeeper
-from trafficflip.operations.status import waits_for
+from trafficflip.operations.status import known_services, waits_for
 from trafficflip.operations.views import JOURNAL_KEEP, ServiceView
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.scheduler import TICK_INTERVAL, Runner
@@ -279,10 +279,6 @@ def create_app(
     return app
 
 
-# Known services listed when a command names an unknown one.
-KNOWN_LISTED = 20
-
-
 class ReloadResult(BaseModel):
     result: str
     problems: list[str] = []
@@ -425,10 +421,7 @@ def _command_endpoint(
 ) -> Callable[..., Awaitable[CommandResponse]]:
     async def take(name: str, who: str, body: CommandBody | None) -> CommandResponse:
         if name not in engine.services:
-            known = sorted(engine.services)
-            more = f" and {len(known) - KNOWN_LISTED} more" if len(known) > KNOWN_LISTED else ""
-            listed = ", ".join(known[:KNOWN_LISTED])
-            raise HTTPException(404, f"unknown service {name!r} (services: {listed}{more})")
+            raise HTTPException(404, f"unknown service {name!r}{known_services(engine.services)}")
         args = (body or CommandBody.model_validate({})).model_dump(by_alias=True, exclude_none=True)
         # Taken at once, in the loop: no synchronous store write (a locked or full disk must
         # not hold an operator's failover); the journal line goes through the writer.

@@ -187,6 +187,20 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+# Known services listed when a command names an unknown one.
+KNOWN_LISTED = 20
+
+
+def known_services(names: Iterable[str]) -> str:
+    """`` (services: api, www)`` for a message about an unknown service; the first
+    ``KNOWN_LISTED`` by name, then how many more."""
+    known = sorted(names)
+    if not known:
+        return " (no services are configured)"
+    more = f" and {len(known) - KNOWN_LISTED} more" if len(known) > KNOWN_LISTED else ""
+    return f" (services: {', '.join(known[:KNOWN_LISTED])}{more})"
+
+
 def waits_for(command: str, service: ServiceConfig) -> str:
     """What a taken command still waits for, said in its answer; empty when nothing. A drain
     moves traffic only once the sites taking it have been up for ``failback.stabilize``,
