@@ -19,7 +19,7 @@ from pydantic_settings import EnvSettingsSource, SettingsError
 from trafficflip.backend.provider import Provider
 from trafficflip.backend.registry import provider_class
 from trafficflip.config.keys import did_you_mean, known_keys, takes_json
-from trafficflip.config.schema import ServiceConfig, Settings
+from trafficflip.config.schema import ServiceConfig, Settings, redact_url
 from trafficflip.errors import ConfigError
 
 CONFIG_ENV = "TRAFFICFLIP_CONFIG"
@@ -151,7 +151,8 @@ def format_validation_error(
     problems = []
     for error in exc.errors(include_url=False):
         path = _format_loc(error["loc"], prefix)
-        message = error["msg"].removeprefix("Value error, ")
+        # Any validator may quote a URL: its credentials never reach a log or an API answer.
+        message = redact_url(error["msg"].removeprefix("Value error, "))
         if error["type"] == "extra_forbidden":
             known = known_keys(model, error["loc"][:-1]) if model else []
             if len(error["loc"]) == 1:
