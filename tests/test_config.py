@@ -384,3 +384,19 @@ def test_credentials_in_a_url_are_never_echoed() -> None:
     assert problem.startswith("services[0].sites[0].checks[0].url: invalid URL 'http://***@")
     assert "hunter2" not in problem and "admin" not in problem
     assert redact_url("see http://u:p@ss@h/x and https://h/") == "see http://***@h/x and https://h/"
+
+
+def test_a_shape_error_does_not_hide_the_rules_of_other_services() -> None:
+    """One service's bad value made the whole invalid; the others are still judged whole."""
+    data = mutate(S + "health.fall", 0)
+    other = copy.deepcopy(data["services"][0])
+    other.update(name="api", record="api.example.org.", health={})
+    data["services"].append(other)
+    data["services"][0]["colour"] = "blue"
+    with pytest.raises(ConfigError) as raised:
+        load_config(data=data)
+    assert raised.value.problems == [
+        "services[0].health.fall: must be at least 1, got 0",
+        "services[1].record: api.example.org. is not inside zone example.com.",
+        "services[0].colour: unknown key",
+    ]

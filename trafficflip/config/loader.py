@@ -82,11 +82,7 @@ def load_config(
         # without a valid whole (provider settings, keys only a provider knows).
         shape = format_validation_error(exc, model=Settings)
         if providers:
-            merged = _with_environment(data)
-            raw_providers = merged.get("providers")
-            if isinstance(raw_providers, Mapping):
-                _load_providers(raw_providers, shape)
-            shape.extend(_unknown_service_keys(merged))
+            shape.extend(_problems_beside(_with_environment(data), shape))
         raise ConfigError(_with_non_finite(non_finite, shape)) from None
     except SettingsError as exc:
         raise ConfigError(_environment_problems(exc)) from None
@@ -192,16 +188,34 @@ def _with_environment(data: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _unknown_service_keys(data: Mapping[str, Any]) -> Iterator[str]:
-    """Keys of the raw services that neither the core nor the service's provider knows:
-    reported even when something else made the whole configuration invalid."""
-    services, raw_providers = data.get("services"), data.get("providers")
-    if not isinstance(services, list) or not isinstance(raw_providers, Mapping):
-        return
-    for index, service in enumerate(services):
+def _problems_beside(data: Mapping[str, Any], shape: Sequence[str]) -> list[str]:
+    """What can still be judged when the whole is invalid (``shape`` holds why): provider
+    settings, every service that is valid alone by the rules within it, and keys that neither
+    the core nor a service's provider knows in the services that are not."""
+    raw_providers = data.get("providers")
+    raw_providers = raw_providers if isinstance(raw_providers, Mapping) else {}
+    problems: list[str] = []
+    specs = _load_providers(raw_providers, problems)
+    services = data.get("services")
+    valid, invalid = [], []
+    for index, raw in enumerate(services if isinstance(services, list) else []):
+        try:
+            valid.append((index, ServiceConfig.model_validate(raw)))
+        except ValidationError:
+            invalid.append((index, raw))
+    problems.extend(_each_service_problems(valid, list(raw_providers), specs))
+    problems.extend(_unknown_service_keys(invalid, raw_providers))
+    return [p for p in dict.fromkeys(problems) if p not in shape]
+
+
+def _unknown_service_keys(
+    services: Sequence[tuple[int, Any]], raw_providers: Mapping[str, Any]
+) -> Iterator[str]:
+    """Keys of raw services that neither the core nor the service's provider knows."""
+    for index, service in services:
         if not isinstance(service, Mapping):
             continue
-        provider = raw_providers.get(service.get("provider"))
+        provider = raw_providers.get(str(service.get("provider")))
         type_name = provider.get("type") if isinstance(provider, Mapping) else None
         try:
             cls = provider_class(str(type_name))
@@ -268,15 +282,26 @@ def _load_providers(
 
 def _service_problems(settings: Settings, providers: Mapping[str, ProviderSpec]) -> Iterator[str]:
     yield from _duplicates("services", [s.name for s in settings.services])
-    for index, service in enumerate(settings.services):
+    yield from _each_service_problems(
+        list(enumerate(settings.services)), list(settings.providers), providers
+    )
+
+
+def _each_service_problems(
+    services: Sequence[tuple[int, ServiceConfig]],
+    provider_names: Sequence[str],
+    providers: Mapping[str, ProviderSpec],
+) -> Iterator[str]:
+    """The rules within one service (and its provider's), for each ``(index, service)``."""
+    for index, service in services:
         key = f"services[{index}]"
         yield from _duplicates(f"{key}.sites", [s.name for s in service.sites])
         for w_index, window in enumerate(service.maintenance):
             if window.site not in service.site_names:
                 known = ", ".join(service.site_names)
                 yield f"{key}.maintenance[{w_index}].site: no site {window.site!r} (sites: {known})"
-        if service.provider not in settings.providers:
-            known = ", ".join(sorted(settings.providers)) or "none configured"
+        if service.provider not in provider_names:
+            known = ", ".join(sorted(provider_names)) or "none configured"
             yield f"{key}.provider: unknown provider {service.provider!r} (known: {known})"
         spec = providers.get(service.provider)
         if spec is None:
