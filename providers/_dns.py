@@ -24,7 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.tsig
 import dns.update
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
 
 from trafficflip.config.schema import split_host_port
 from trafficflip.decision.plan import Change
@@ -85,6 +85,19 @@ class TsigConfig(BaseModel):
         if self.secret is not None:
             check_base64(self.secret.get_secret_value(), "secret")
         return self
+
+    @field_validator("secret_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        # Read here, not only when the provider is built, so that an offline check-config
+        # catches a secret file that is missing or not base64 (the message never quotes it).
+        if path is not None:
+            try:
+                secret = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+            check_base64(secret, "secret_file")
+        return path
 
 
 def check_base64(value: str, what: str) -> None:

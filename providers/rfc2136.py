@@ -211,9 +211,14 @@ class Rfc2136Provider(Provider):
         self, rcode: dns.rcode.Rcode, endpoint: wire.Endpoint, zone: str, what: str
     ) -> PermanentProviderError:
         name = dns.rcode.to_text(rcode)
+        hint = wire.HINTS.get(name, "the server refused the request")
+        if what == "soa" and rcode in (dns.rcode.REFUSED, dns.rcode.NOTAUTH):
+            # An authoritative-only server refuses a query for a zone it does not serve:
+            # the likelier cause when even the SOA is refused.
+            hint = f"is {zone} served by {endpoint}? If it is: {hint}"
         return PermanentProviderError(
             f"rfc2136 {what} server={endpoint} zone={zone} key={self.client.key_name}: "
-            f"{name}: {wire.HINTS.get(name, 'the server refused the request')}",
+            f"{name}: {hint}",
             kind=name,
         )
 
@@ -226,7 +231,11 @@ class Rfc2136Provider(Provider):
         one per zone, then one per service of a zone that refused, to name them.
         """
         key = f"providers.{self.name}"
-        problems = await super().check_live(services)
+        try:
+            await self.read(services)
+            problems = []
+        except Exception as exc:  # reported, not raised: this is a diagnostic
+            problems = [self._unreachable(exc) or f"{key}: {exc}"]
         by_zone: dict[str, list[ServiceConfig]] = defaultdict(list)
         for service in services:
             by_zone[_zone(service)].append(service)
@@ -243,6 +252,16 @@ class Rfc2136Provider(Provider):
         except Exception as exc:  # reported, not raised: this is a diagnostic
             problems.append(f"{key}: {exc}")
         return problems
+
+    def _unreachable(self, exc: Exception) -> str | None:
+        """The problem line for a server that refused the connection or never answered."""
+        cause = exc.__cause__
+        if not isinstance(cause, OSError | dns.exception.Timeout):
+            return None
+        return (
+            f"providers.{self.name}.server: no DNS server answers at {self.server} ({exc}): "
+            "does the server listen on that address and port?"
+        )
 
     async def _may_update(self, zone: str, services: Sequence[ServiceConfig]) -> bool:
         records = [(str(s.record), str(s.type), s.ttl or 0, s.sites[0].targets) for s in services]

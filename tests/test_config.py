@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,9 @@ import pytest
 import yaml
 
 from tests.support import ROOT, trafficflip_command
+from trafficflip.config.durations import parse_duration
 from trafficflip.config.loader import load_config
+from trafficflip.config.schema import redact_url
 from trafficflip.errors import ConfigError
 
 BASE: dict[str, Any] = {
@@ -290,3 +294,109 @@ def test_targets_are_canonical_so_they_compare_with_what_servers_return() -> Non
     data["services"][0]["sites"][1]["targets"] = ["2001:db8::2"]
     config = load_config(data=data)
     assert config.services[0].sites[0].targets == ["2001:db8::1"]
+
+
+def test_unknown_keys_and_other_problems_are_reported_together_with_near_misses() -> None:
+    """A typo in a nested model used to hide a typo in the service's own keys (issue 18)."""
+    data = mutate(S + "failback.stabilise", "2m")
+    del data["services"][0]["failback"]["stabilize"]
+    data["services"][0]["helth"] = data["services"][0].pop("health")
+    data["providers"]["aws"]["regoin"] = "eu-west-1"
+    with pytest.raises(ConfigError) as raised:
+        load_config(data=data)
+    problems = raised.value.problems
+    assert "services[0].failback.stabilise: unknown key (did you mean `stabilize`?)" in problems
+    assert "services[0].helth: unknown key (did you mean `health`?)" in problems
+    assert any(p.startswith("providers.aws.regoin: unknown key") for p in problems), problems
+    # A key far from every known one gets no suggestion.
+    with pytest.raises(ConfigError) as raised:
+        load_config(data=mutate(S + "colour", "blue"))
+    assert raised.value.problems == ["services[0].colour: unknown key"]
+
+
+def test_a_near_miss_in_a_check_names_the_check_key() -> None:
+    data = copy.deepcopy(BASE)
+    data["services"][0]["sites"][0]["checks"][0]["expect_stauts"] = [200]
+    with pytest.raises(ConfigError) as raised:
+        load_config(data=data)
+    assert raised.value.problems == [
+        "services[0].sites[0].checks[0].expect_stauts: unknown key (did you mean `expect_status`?)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (S + "health.interval", float("nan")),
+        (S + "failback.stabilize", float("inf")),
+        ("reconcile_interval", float("-inf")),
+        ("providers.aws.timeout", float("inf")),
+        ("providers.aws.max_calls_per_second", float("inf")),
+    ],
+)
+def test_non_finite_numbers_are_rejected_everywhere(path: str, value: float) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(data=mutate(path, value))
+    key = re.sub(r"\.(\d+)\.", r"[\1].", path)
+    assert raised.value.problems == [f"{key}: must be a finite number, not {value}"]
+
+
+def test_non_finite_yaml_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "trafficflip.yaml"
+    path.write_text(yaml.safe_dump(BASE).replace("interval: 5s", "interval: .nan"))
+    result = subprocess.run(
+        trafficflip_command("check-config", "--config", str(path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout
+    assert "services[0].health.interval: must be a finite number, not nan" in result.stderr
+    for bad in (float("nan"), float("inf"), "nan", "inf"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_a_malformed_tokens_variable_names_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "trafficflip.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    env = {**os.environ, "TRAFFICFLIP_API__TOKENS": "{admin: secret"}
+    result = subprocess.run(
+        trafficflip_command("check-config", "--config", str(path)),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr
+    assert "api.tokens: TRAFFICFLIP_API__TOKENS is not valid JSON" in result.stderr
+    assert "secret" not in result.stderr.replace("TRAFFICFLIP", "")
+
+
+def test_credentials_in_a_url_are_never_echoed() -> None:
+    data = copy.deepcopy(BASE)
+    check = data["services"][0]["sites"][0]["checks"][0]
+    check["url"] = "http://admin:hunter2@192.0.2.10:port:1/healthz"
+    with pytest.raises(ConfigError) as raised:
+        load_config(data=data)
+    (problem,) = raised.value.problems
+    assert problem.startswith("services[0].sites[0].checks[0].url: invalid URL 'http://***@")
+    assert "hunter2" not in problem and "admin" not in problem
+    assert redact_url("see http://u:p@ss@h/x and https://h/") == "see http://***@h/x and https://h/"
+
+
+def test_a_shape_error_does_not_hide_the_rules_of_other_services() -> None:
+    """One service's bad value made the whole invalid; the others are still judged whole."""
+    data = mutate(S + "health.fall", 0)
+    other = copy.deepcopy(data["services"][0])
+    other.update(name="api", record="api.example.org.", health={})
+    data["services"].append(other)
+    data["services"][0]["colour"] = "blue"
+    with pytest.raises(ConfigError) as raised:
+        load_config(data=data)
+    assert raised.value.problems == [
+        "services[0].health.fall: must be at least 1, got 0",
+        "services[1].record: api.example.org. is not inside zone example.com.",
+        "services[0].colour: unknown key",
+    ]

@@ -97,8 +97,8 @@ def test_maintenance_ended_by_hand_leaves_no_expiry_behind() -> None:
         ("hold", {"for": 0}, "must be longer than 0s"),
         ("hold", {"until": WALL - 1}, "is not in the future"),
         ("hold", {"until": -1.8e16}, "is not in the future"),  # found by schemathesis: was a 500
-        ("hold", {"until": WALL * 1000}, "is more than 31622400s ahead"),
-        ("hold", {"for": "9000h"}, "at most 31622400s"),
+        ("hold", {"until": WALL * 1000}, "is more than 366d ahead"),
+        ("hold", {"for": "9000h"}, "at most 366d"),
         ("hold", {"until": "14:00"}, "ISO 8601 time with an offset"),
         ("hold", {"until": "2027-01-15T09:00:00"}, "ISO 8601 time with an offset"),
     ],

@@ -172,5 +172,23 @@ async def test_an_operator_move_is_counted_as_a_move_not_a_failback() -> None:
     moves = "trafficflip_operator_moves_total"
     assert value(m, moves, service="www", event="planned_move_started") == 1
     assert value(m, moves, service="www", event="planned_move_completed") == 1
-    assert not [k for k in m if k[0] == "trafficflip_failbacks_total"]
+    assert not [v for k, v in m.items() if k[0] == "trafficflip_failbacks_total" and v]
+    await prober.close()
+
+
+async def test_dashboard_counters_exist_from_the_start() -> None:
+    """At 0 for every known label set, so rate() panels show 0, not "no data" (issue 18)."""
+    rig = Rig()
+    prober = Prober()
+    runner = Runner(rig.engine, prober, reconcile_interval=30)
+    m = parse(Metrics(rig.engine, runner, ["ops"]).exposition()[0].decode())
+    for outcome in ("started", "completed", "aborted"):
+        assert value(m, "trafficflip_failbacks_total", service="www", outcome=outcome) == 0
+    for event in ("planned_move_started", "drain_started", "drain_completed"):
+        assert value(m, "trafficflip_operator_moves_total", service="www", event=event) == 0
+    for outcome in ("sent", "failed", "dropped"):
+        assert value(m, "trafficflip_notifications_total", target="ops", outcome=outcome) == 0
+    for kind in ("transient", "permanent", "unsafe"):
+        assert value(m, "trafficflip_provider_errors_total", provider="mem", kind=kind) == 0
+    assert value(m, "trafficflip_failovers_total", service="www") == 0
     await prober.close()

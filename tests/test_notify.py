@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
 from tests.service import PRIMARY, STANDBY, Receiver, Service
 from tests.support import MotoServer, wait_until
 from tests.test_engine import Rig, until
+from trafficflip.config.loader import format_validation_error
 from trafficflip.config.schema import NotifyTarget
 from trafficflip.errors import PermanentProviderError
 from trafficflip.operations.notify import Notice, Notifier, payload
@@ -174,3 +176,38 @@ async def test_custom_headers_reach_the_receiver(receiver: Receiver) -> None:
     await until(lambda: bool(receiver.bodies))
     assert receiver.bodies[0]["_auth"] == "Bearer hook-secret"
     await notifier.stop()
+
+
+def test_a_header_value_with_a_newline_is_stripped_or_rejected() -> None:
+    target = NotifyTarget(
+        url="https://hooks.example/x",  # type: ignore[arg-type]
+        headers={"Authorization": "Bearer hook-secret\n"},  # type: ignore[dict-item]
+    )
+    assert target.headers["Authorization"].get_secret_value() == "Bearer hook-secret"
+    with pytest.raises(ValidationError) as raised:
+        NotifyTarget(
+            url="https://hooks.example/x",  # type: ignore[arg-type]
+            headers={"Authorization": "Bearer hook\nsecret"},  # type: ignore[dict-item]
+        )
+    problems = format_validation_error(raised.value, "notify[0]")
+    assert problems == [
+        "notify[0].headers: header 'Authorization': the value holds a control character"
+    ]
+
+
+async def test_a_header_value_is_never_logged(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header h11 refuses (built past the config's check) fails without quoting it."""
+    rig = Rig()
+    counted: list[tuple[str, str]] = []
+    bad = {"X-Token": SecretStr("hook-secret\n")}
+    hook = target(receiver, retries=1).model_copy(update={"headers": bad})
+    notifier = Notifier([hook], rig.engine, counted=lambda *c: counted.append(c))
+    await notifier.start()
+    notifier.notify(Notice("failover", "x", 0.0, "www"))
+    await until(lambda: bool(counted))
+    await notifier.stop()
+    assert counted == [("webhook", "failed")]
+    assert "notify_failed target=webhook event=failover" in caplog.text
+    assert "hook-secret" not in caplog.text

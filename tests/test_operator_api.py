@@ -171,3 +171,19 @@ async def test_a_slow_rebuild_spaces_the_next_ones() -> None:
     assert keeper.waits() == (URGENT, STALE)
     keeper.build_seconds = 1.5  # a fleet of several thousand services
     assert keeper.waits() == (3.0, 15.0)
+
+
+async def test_a_command_on_an_unknown_service_lists_the_services(rig: Rig) -> None:
+    api = client(rig)
+    response = await api.post("/api/v1/services/wwww/hold", headers=AUTH)
+    assert response.status_code == 404
+    assert response.json()["detail"] == "unknown service 'wwww' (services: s1, s2, www)"
+
+
+async def test_a_drain_answer_says_it_waits_for_stabilize(rig: Rig) -> None:
+    api = client(rig)
+    response = await api.post("/api/v1/services/www/drain", json={"site": "primary"}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["result"] == "ok"
+    assert answer["note"].startswith("traffic moves once the sites taking it have been up for")

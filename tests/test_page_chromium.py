@@ -102,6 +102,8 @@ def test_page_shows_the_failover(tmp_path: Path, failed_over: Service) -> None:
     assert "0%" in text and "100%" in text
     assert "primary down: http" in text and "connect refused" in text  # what it waits for
     assert "maintenance: window primary" in text and "(every 0 3 * * sun)" in text
+    # The only service has a card; with no filter typed, nothing was filtered out.
+    assert "no other services" in dom.text and "no other services match the filter" not in text
     journal = [e for e in dom.text if e in ("failover", "initial")]
     assert journal[:2] == ["failover", "initial"], journal  # the journal, newest first
     shot = tmp_path / "page.png"

@@ -416,3 +416,29 @@ def test_the_tsig_key_repr_hides_the_secret(named: Named) -> None:
     for text in (repr(provider.client.key), str(provider.client.key), repr(provider.config)):
         assert named.secret not in text
     assert KEY_NAME in repr(provider.client.key)
+
+
+def test_a_secret_file_is_checked_offline(tmp_path: Path) -> None:
+    """check-config without --live reads the secret file: missing or not base64 is caught."""
+    path = tmp_path / "tsig.key"
+    path.write_text("not base64!\n")
+    data = {
+        "providers": {
+            "bind": {
+                "type": "rfc2136",
+                "server": "127.0.0.1",
+                "tsig": {"name": "k.", "secret_file": str(path)},
+            }
+        },
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(data=data)
+    assert caught.value.problems == [
+        "providers.bind.tsig.secret_file: tsig secret_file is not valid base64"
+    ]
+    path.unlink()
+    with pytest.raises(ConfigError) as caught:
+        load_config(data=data)
+    assert caught.value.problems == [
+        f"providers.bind.tsig.secret_file: cannot read {path}: No such file or directory"
+    ]

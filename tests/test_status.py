@@ -166,7 +166,7 @@ def test_status_lists_what_is_not_normal_first(
     assert "checks not known" in lines[0] and "last failover never" not in lines[0]
     listed = [line.split()[0] for line in lines[2:4]]
     assert listed == ["charlie", "bravo"]  # failed over, then never run; alpha is normal
-    assert lines[4] == "(1 normal services not listed; --all lists them)"
+    assert lines[4] == "(1 normal service not listed; --all lists them)"
     assert cli.main(["status", "--all", "--journal", "0", "--config", str(deployment)]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == ["charlie", "bravo", "alpha"]

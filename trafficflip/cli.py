@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -39,10 +40,13 @@ from trafficflip.operations.status import (
     Phase,
     Summary,
     clock_text,
+    known_services,
     phase,
+    plural,
     severity,
     summarize,
     table,
+    waits_for,
 )
 from trafficflip.operations.views import (
     JOURNAL_KEEP,
@@ -88,9 +92,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if problems:
             print("\n".join(problems))
             return 1
-    count = len(config.services)
-    print(f"config OK: {count} service{'' if count == 1 else 's'}")
+    print(f"config OK: {plural(len(config.services), 'service')}")
+    if args.live:
+        print("\n".join(_verified_live(config)))
     return 0
+
+
+def _verified_live(config: Config) -> list[str]:
+    """What ``--live`` proved, per provider: its ``check_live`` contract, or a read."""
+    lines = []
+    for name, spec in config.providers.items():
+        count = plural(sum(s.provider == name for s in config.services), "service")
+        hook = spec.cls.check_live
+        if hook is Provider.check_live:
+            what = "the records of every service were read"
+        else:
+            first = (inspect.getdoc(hook) or "").split("\n")[0].rstrip(".")
+            what = first[:1].lower() + first[1:]
+        lines.append(f"live OK: provider {name} ({spec.cls.TYPE}, {count}): {what}")
+    return lines
 
 
 async def _live_problems(config: Config) -> list[str]:
@@ -152,7 +172,7 @@ async def serve(config: Config, path: str | None = None) -> None:
     )
     if runner.workers is not None:
         engine.readiness.append(runner.workers.not_ready_reasons)
-    metrics = Metrics(engine, runner)
+    metrics = Metrics(engine, runner, [target.name for target in settings.notify])
     if node is not None:
         runner.components.insert(0, node)
         cluster_api.register_metrics(metrics.registry, node)
@@ -181,13 +201,18 @@ async def serve(config: Config, path: str | None = None) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """Exit 1 when a provider could not be read: its plan is unknown, not empty."""
     config = load_config(args.config)
     setup_logging("WARNING", config.settings.log_format)
-    print(asyncio.run(preview_plan(config)))
+    text, unread = asyncio.run(preview_plan(config))
+    print(text)
+    if unread:
+        print(f"error: provider {', '.join(unread)} could not be read", file=sys.stderr)
+        return 1
     return 0
 
 
-async def preview_plan(config: Config) -> str:
+async def preview_plan(config: Config) -> tuple[str, list[str]]:
     """Probe every check until its status is decided, decide on a scratch copy of the stored
     state, and diff against the backends. Read-only by construction: the engine's providers
     refuse every apply, and the stored state is opened read-only (never created)."""
@@ -217,12 +242,31 @@ async def preview_plan(config: Config) -> str:
     await asyncio.gather(*(settle(key, job) for key, job in engine.jobs.items()))
     await prober.close()
     plans = await engine.converge(list(engine.services), apply=False)
+    errors = {
+        name: engine.provider_status[name].error for name in engine.providers if name not in plans
+    }
+    for name, plan in plans.items():
+        if not plan.changes:
+            # An empty plan is made without reading when nothing is decided yet (every site
+            # down at start): read, so that "No changes" is never said of an unread backend.
+            problem = await _read_problem(engine, name)
+            if problem:
+                errors[name] = problem
     for provider in engine.providers.values():
         await provider.close()
-    return _render_preview(engine, plans)
+    return _render_preview(engine, plans, errors), sorted(errors)
 
 
-def _render_preview(engine: Engine, plans: Mapping[str, Plan]) -> str:
+async def _read_problem(engine: Engine, provider: str) -> str | None:
+    services = [s.config for s in engine.services.values() if s.config.provider == provider]
+    try:
+        await engine.providers[provider].read(services)
+    except Exception as exc:  # whatever the backend raised, the plan is unknown
+        return str(exc)
+    return None
+
+
+def _render_preview(engine: Engine, plans: Mapping[str, Plan], errors: Mapping[str, str]) -> str:
     lines = []
     undecided = [
         f"  {engine.jobs[key].label}: {health.reason}"
@@ -236,8 +280,7 @@ def _render_preview(engine: Engine, plans: Mapping[str, Plan]) -> str:
         lines += [f"  {event.kind} {name}: {event.message}" for name, event in engine.previewed]
     for name in engine.providers:
         plan = plans.get(name)
-        status = engine.provider_status[name]
-        text = str(plan) if plan is not None else f"error: {status.error}"
+        text = f"error: {errors[name]}" if name in errors or plan is None else str(plan)
         lines.append(f"provider {name}:\n{text}")
     return "\n".join(lines)
 
@@ -282,7 +325,7 @@ def render_status(
         lines.append(table([v.row() for v in shown]))
     hidden = len(ordered) - len(shown)
     if hidden:
-        lines.append(f"({hidden} normal services not listed; --all lists them)")
+        lines.append(f"({plural(hidden, 'normal service')} not listed; --all lists them)")
     for entry in journal:
         lines.append(
             f"{clock_text(entry['at'])} {entry['service']} {entry['kind']}: {entry['message']}"
@@ -367,6 +410,8 @@ def _api_error(response: httpx.Response) -> int:
         detail = response.json().get("detail", response.text)
     except ValueError:
         detail = response.text
+    if response.status_code == 401 and not os.environ.get(API_TOKEN_ENV):
+        detail = f"{detail}: set {API_TOKEN_ENV} to a token of the instance (api.tokens)"
     print(f"error: {response.status_code} {detail}", file=sys.stderr)
     return 1
 
@@ -378,7 +423,9 @@ def _command_via_api(
     response = _api_call("POST", args.api, path, json=payload)
     if response.status_code != 200:
         return _api_error(response)
-    print(f"{spec.name} {args.service}: {response.json()['result']}")
+    answer = response.json()
+    note = f"; {answer['note']}" if answer.get("note") else ""
+    print(f"{spec.name} {args.service}: {answer['result']}{note}")
     return 0
 
 
@@ -400,14 +447,18 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
                 payload.update(maintenance_end(args.for_, args.until))
                 requested_until(spec.name, payload, time.time())  # the intake's own check
             except CommandError as exc:
-                print(exc, file=sys.stderr)
+                # The intake names its keys (for, until); here they are options.
+                print(re.sub(r"^(for|until): ", r"--\1: ", str(exc)), file=sys.stderr)
                 return EXIT_CONFIG
         if args.api:
             return _command_via_api(spec, args, payload)
         config = load_config(args.config, providers=False)
-        if args.service not in {s.name for s in config.services}:
-            print(f"unknown service {args.service!r}", file=sys.stderr)
-            return EXIT_CONFIG
+        names = [s.name for s in config.services]
+        if args.service not in names:
+            # Exit 1 like any refused command (and like the --api path's 404).
+            known = known_services(names)
+            print(f"error: unknown service {args.service!r}{known}", file=sys.stderr)
+            return 1
         store = _command_store(config)
         command_id = store.submit(args.service, spec.name, payload, source="cli")
         text = _wait_for_result(store, command_id, args.wait)
@@ -416,7 +467,8 @@ def command_handler(spec: CommandSpec) -> Callable[[argparse.Namespace], int]:
             print(f"{spec.name} {args.service}: queued; a running instance takes it next tick")
             return 0
         result = CommandResult.decode(text)
-        print(f"{spec.name} {args.service}: {result}")
+        note = waits_for(spec.name, config.settings.service(args.service)) if result.ok else ""
+        print(f"{spec.name} {args.service}: {result}{f'; {note}' if note else ''}")
         return 0 if result.ok else 1
 
     return handler
@@ -463,6 +515,28 @@ def _wait_for_result(
         if result is not None or time.monotonic() >= deadline:
             return result
         time.sleep(0.1)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask a running instance to re-read its configuration (as SIGHUP does), through its API;
+    exit 1 when it refused the new one (the running configuration stays)."""
+    if not args.api:
+        print(
+            f"error: give --api URL (or set {API_URL_ENV}), or send the process SIGHUP",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    body = {"allow_removal": True} if args.allow_removal else {}
+    response = _api_call("POST", args.api, "/api/v1/reload", json=body)
+    if response.status_code == 400:
+        answer = response.json()
+        print(answer.get("result", "rejected"), file=sys.stderr)
+        print("\n".join(answer.get("problems", [])), file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        return _api_error(response)
+    print(response.json()["result"])
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -526,6 +600,15 @@ def parser() -> argparse.ArgumentParser:
     )
     for spec in COMMANDS.values():
         add_command(add(spec.name, command_handler(spec), spec.summary), spec, add_api)
+    reload = sub.add_parser("reload", help="make a running instance re-read its configuration")
+    reload.set_defaults(handler=cmd_reload)
+    add_api(reload)
+    reload.add_argument(
+        "--allow-removal",
+        action="store_true",
+        help="take a configuration that removes services (refused otherwise: a file read "
+        "while being written lists only the services before the cut)",
+    )
     add("demo", cmd_demo, "run a self-contained failover demo on loopback")
     return top
 
@@ -547,9 +630,15 @@ def add_command(
     )
     if spec.expires:
         end = command.add_mutually_exclusive_group()
-        end.add_argument("--for", dest="for_", help="end by itself after this long (30m, 2h)")
+        end.add_argument(
+            "--for",
+            dest="for_",
+            metavar="DURATION",
+            help="end by itself after this long (30m, 2h, 7d; at most 366d)",
+        )
         end.add_argument(
             "--until",
+            metavar="TIME",
             help="end by itself at this wall-clock time: HH:MM (next, local time) or ISO 8601",
         )
     command.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -23,19 +24,22 @@ def parse_duration(value: Any) -> float:
         raise ValueError(
             f"invalid duration {value!r}: use a number of seconds or 250ms, 5s, 2m, 1h, 7d"
         )
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {value!r}: must be a finite number of seconds")
     if seconds < 0:
         raise ValueError(f"invalid duration {value!r}: must not be negative")
     return seconds
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds the way the config writes them (``1m30s``, ``250ms``)."""
+    """Render seconds the way the config writes them (``1m30s``, ``250ms``, ``366d``)."""
     if seconds < 1:
         return f"{round(seconds * 1000)}ms"
     whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [(hours, "h"), (minutes, "m"), (secs, "s")]
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
     return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 

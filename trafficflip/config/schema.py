@@ -46,7 +46,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: a duration of .inf passes every "at least" rule, then breaks `run`.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def split_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -67,6 +68,12 @@ def split_host_port(value: str, default_port: int | None = None) -> tuple[str, i
     if not 0 < port < 65536:
         raise ValueError(f"invalid address {value!r}: port {port} out of range 1-65535")
     return host, port
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced: ``http://user:pass@host``
+    becomes ``http://***@host``. Errors quote URLs; credentials must not reach the log."""
+    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@", r"\1***@", text)
 
 
 def _as_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -107,9 +114,11 @@ class HttpCheck(Strict):
         try:
             url = httpx.URL(value)
         except Exception as exc:  # httpx raises several types for malformed URLs
-            raise ValueError(f"invalid URL {value!r}: {exc}") from None
+            raise ValueError(redact_url(f"invalid URL {value!r}: {exc}")) from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"invalid URL {value!r}: needs http:// or https:// and a host")
+            raise ValueError(
+                redact_url(f"invalid URL {value!r}: needs http:// or https:// and a host")
+            )
         return value
 
     @field_validator("body_regex")
@@ -348,7 +357,7 @@ class ServiceConfig(BaseModel):
     """
 
     # extra="allow" keeps the adapter's keys for its own model; the loader rejects the rest.
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     _adapter_keys: _KeysCache = PrivateAttr(default_factory=_KeysCache)
 
     name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
@@ -459,6 +468,19 @@ class NotifyTarget(Strict):
             raise ValueError("invalid URL: needs http:// or https:// and a host")
         return value
 
+    @field_validator("headers")
+    @classmethod
+    def _header_values(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # A YAML block scalar or a secret read from a file ends in a newline, which HTTP
+        # refuses (and the refusal would quote the secret): strip it; reject one inside.
+        clean = {}
+        for name, value in headers.items():
+            text = value.get_secret_value().strip()
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text if c != "\t"):
+                raise ValueError(f"header {name!r}: the value holds a control character")
+            clean[name] = SecretStr(text)
+        return clean
+
 
 class JournalConfig(Strict):
     """Journal retention (``TRAFFICFLIP_JOURNAL__*``): entries older than ``max_age`` and
@@ -518,7 +540,7 @@ class ClusterConfig(Strict):
             raise ValueError("at least one etcd member URL")
         for url in urls:
             if not re.fullmatch(r"https?://[^/\s]+/?", url):
-                raise ValueError(f"invalid etcd URL {url!r}: use http(s)://host:port")
+                raise ValueError(redact_url(f"invalid etcd URL {url!r}: use http(s)://host:port"))
         return urls
 
     @field_validator("lease_ttl")
@@ -544,6 +566,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     config: str | None = None
@@ -560,6 +583,9 @@ class Settings(BaseSettings):
     api: ApiConfig = ApiConfig()
     notify: list[NotifyTarget] = []
     journal: JournalConfig = JournalConfig()
+    # The share of the running services a reload may remove without allow_removal: 0 (the
+    # default) asks for it at any removal, 1 never does.
+    reload_removal_share: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     cluster: ClusterConfig | None = None
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from trafficflip.config.durations import parse_duration
+from trafficflip.config.durations import format_duration, parse_duration
 from trafficflip.config.schema import MaintenanceWindow, ServiceConfig
 from trafficflip.decision.model import Decision, Event, EventKind, Expiry, ServiceState
 from trafficflip.errors import CommandError
@@ -43,13 +43,14 @@ def requested_until(name: str, args: Mapping[str, object], wall: float) -> float
         except ValueError as exc:
             raise CommandError(f"for: {exc}") from None
         if not 0 < seconds <= MAX_AHEAD:
-            raise CommandError(f"for: must be longer than 0s and at most {MAX_AHEAD:.0f}s")
+            most = format_duration(MAX_AHEAD)
+            raise CommandError(f"for: must be longer than 0s and at most {most}")
         return wall + seconds
     end = _epoch(until)
     if not math.isfinite(end) or end <= wall:
         raise CommandError(f"until: {until!r} is not in the future")
     if end - wall > MAX_AHEAD:
-        raise CommandError(f"until: {until!r} is more than {MAX_AHEAD:.0f}s ahead")
+        raise CommandError(f"until: {until!r} is more than {format_duration(MAX_AHEAD)} ahead")
     return end
 
 

@@ -28,7 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,6 +43,7 @@ from trafficflip.errors import ConfigError, TrafficflipError
 from trafficflip.operations.metrics import Metrics
 from trafficflip.operations.page import render_page
 from trafficflip.operations.snapshot import SnapshotKeeper
+from trafficflip.operations.status import known_services, waits_for
 from trafficflip.operations.views import JOURNAL_KEEP, ServiceView
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.scheduler import TICK_INTERVAL, Runner
@@ -100,6 +101,9 @@ BODIES: dict[str | None, type[CommandBody]] = {
 class CommandResponse(BaseModel):
     command: str
     result: str = Field(description="ok")
+    note: str = Field(
+        "", description="what a taken command still waits for (a drain: stabilize, the steps)"
+    )
     service: ServiceView
 
 
@@ -254,7 +258,7 @@ def create_app(
     tokens: Mapping[str, str],
     config: ApiConfig | None = None,
     snapshots: SnapshotKeeper | None = None,
-    reload: Callable[[], list[str]] | None = None,
+    reload: Callable[[bool], list[str]] | None = None,
 ) -> FastAPI:
     """The application over a running engine (the routes are in ``_routes``). Without
     ``snapshots`` it keeps its own, started and stopped by the ``ApiServer``. ``reload``
@@ -281,17 +285,34 @@ class ReloadResult(BaseModel):
     problems: list[str] = []
 
 
-def _reload_route(app: FastAPI, reload: Callable[[], list[str]]) -> None:
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Take a configuration that removes services (docs/operations.md, "The process"); strict:
+    # 0 or "yes" must not pass for a yes to something this destructive.
+    allow_removal: StrictBool = False
+
+
+def _reload_route(app: FastAPI, reload: Callable[[bool], list[str]]) -> None:
     @app.post(
         "/api/v1/reload",
         response_model=ReloadResult,
-        responses={400: {"model": ReloadResult}, 401: ERRORS[401], 403: ERRORS[403]},
+        responses={
+            400: {
+                "model": ReloadResult | Error,
+                "description": "the configuration was rejected (problems), or the body is not JSON",
+            },
+            401: ERRORS[401],
+            403: ERRORS[403],
+        },
         summary="re-read the configuration file and the environment",
     )
-    async def reload_config(who: Operator, response: Response) -> ReloadResult:
+    async def reload_config(
+        who: Operator, response: Response, request: ReloadRequest | None = None
+    ) -> ReloadResult:
         """A valid configuration takes effect at once; an invalid one changes nothing and
-        its problems come back as ``key.path: reason``."""
-        problems = reload()
+        its problems come back as ``key.path: reason``. One that removes services needs
+        ``{"allow_removal": true}`` (unless the removal is within reload_removal_share)."""
+        problems = reload(request is not None and request.allow_removal)
         log.info("api_reload by=%s problems=%d", who, len(problems))
         if problems:
             response.status_code = 400
@@ -401,7 +422,7 @@ def _command_endpoint(
 ) -> Callable[..., Awaitable[CommandResponse]]:
     async def take(name: str, who: str, body: CommandBody | None) -> CommandResponse:
         if name not in engine.services:
-            raise HTTPException(404, f"unknown service {name!r}")
+            raise HTTPException(404, f"unknown service {name!r}{known_services(engine.services)}")
         args = (body or CommandBody.model_validate({})).model_dump(by_alias=True, exclude_none=True)
         # Taken at once, in the loop: no synchronous store write (a locked or full disk must
         # not hold an operator's failover); the journal line goes through the writer.
@@ -418,7 +439,8 @@ def _command_endpoint(
             raise HTTPException(409, result.detail)
         log.info("api_command service=%s command=%s by=%s", name, spec.name, who)
         view = snapshots.refresh(name)
-        return CommandResponse(command=spec.name, result=str(result), service=view)
+        note = waits_for(spec.name, engine.services[name].config)
+        return CommandResponse(command=spec.name, result=str(result), note=note, service=view)
 
     async def with_site(name: ServiceName, who: Operator, body: Any) -> CommandResponse:
         return await take(name, who, body)

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from trafficflip.decision.model import EventKind, JournalEntry, ProbeResult
+from trafficflip.errors import PermanentProviderError, TransientProviderError, UnsafePlanError
 from trafficflip.operations.snapshot import Snapshot
 from trafficflip.runtime.engine import Engine, EngineListener
 from trafficflip.runtime.scheduler import Runner
@@ -46,6 +47,11 @@ PLANNED_MOVES = {
     EventKind.DRAIN_STARTED: "drain_started",
     EventKind.DRAIN_COMPLETED: "drain_completed",
 }
+NOTIFY_OUTCOMES = ("sent", "failed", "dropped")
+# The kinds every provider error has unless its adapter names a finer one (errors.py).
+PROVIDER_ERROR_KINDS = tuple(
+    cls.kind for cls in (TransientProviderError, PermanentProviderError, UnsafePlanError)
+)
 
 
 def reason_label(reason: str) -> str:
@@ -60,7 +66,7 @@ def reason_label(reason: str) -> str:
 class Metrics(EngineListener):
     """The process's metrics in their own registry; listens to ``engine`` once created."""
 
-    def __init__(self, engine: Engine, runner: Runner) -> None:
+    def __init__(self, engine: Engine, runner: Runner, targets: Sequence[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.probes = ProbeTallies(engine)
@@ -101,7 +107,27 @@ class Metrics(EngineListener):
         )
         self.state = StateCollector(engine, runner)
         r.register(self.state)
+        self._zero(engine, targets)
         engine.listeners.append(self)
+
+    def _zero(self, engine: Engine, targets: Sequence[str]) -> None:
+        """Every known label set at 0 from the start: a series that appears only with its
+        first event leaves a dashboard's rate() panels at "no data" on a quiet instance."""
+        for service in engine.services:
+            self._zero_service(service)
+        for provider in engine.providers:
+            for kind in PROVIDER_ERROR_KINDS:
+                self.provider_errors.labels(provider, kind)
+        for target in targets:
+            for outcome in NOTIFY_OUTCOMES:
+                self.notifications.labels(target, outcome)
+
+    def _zero_service(self, service: str) -> None:
+        self.failovers.labels(service)
+        for outcome in FAILBACK_OUTCOMES.values():
+            self.failbacks.labels(service, outcome)
+        for event in PLANNED_MOVES.values():
+            self.operator_moves.labels(service, event)
 
     def read_from(self, snapshot: Callable[[], Snapshot]) -> None:
         """Take per-service values from ``snapshot()`` (the API's snapshot keeper)."""
@@ -122,7 +148,9 @@ class Metrics(EngineListener):
     def journaled(self, entries: Sequence[JournalEntry]) -> None:
         for entry in entries:
             self.events.labels(entry.service, entry.kind).inc()
-            if entry.kind == EventKind.FAILOVER:
+            if entry.kind == EventKind.SERVICE_ADDED:  # by a reload
+                self._zero_service(entry.service)
+            elif entry.kind == EventKind.FAILOVER:
                 self.failovers.labels(entry.service).inc()
             elif entry.kind in FAILBACK_OUTCOMES:
                 self.failbacks.labels(entry.service, FAILBACK_OUTCOMES[EventKind(entry.kind)]).inc()

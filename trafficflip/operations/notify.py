@@ -155,8 +155,14 @@ class Notifier(EngineListener):
             notice = await queue.get()
             try:
                 await self._deliver(target, notice)
-            except Exception:  # a worker must outlive any one notice
-                log.exception("notify_error target=%s event=%s", target.name, notice.event)
+            except Exception as exc:  # a worker must outlive any one notice
+                # No traceback: its lines could quote the URL or a header value (secrets).
+                log.error(
+                    "notify_error target=%s event=%s error=%s",
+                    target.name,
+                    notice.event,
+                    f"{type(exc).__name__}: {_redacted(str(exc), target)}",
+                )
             finally:
                 queue.task_done()
 
@@ -193,9 +199,11 @@ class Notifier(EngineListener):
                 status = await self._exchange(target, notice, url)
         except TimeoutError:
             return f"no answer within {target.timeout}s", True
+        except httpx.LocalProtocolError as exc:
+            # Our own request refused before sending: h11 quotes the offending header value.
+            return f"{type(exc).__name__}: the request is invalid (a header or the URL)", False
         except httpx.HTTPError as exc:
-            # httpx messages may quote the URL, which is a secret here.
-            return f"{type(exc).__name__}: {str(exc).replace(url, '<url>')}", True
+            return f"{type(exc).__name__}: {_redacted(str(exc), target, url)}", True
         if status < 300:
             return "", False
         # 4xx other than 429 will not change on a retry (a revoked Slack hook answers 404).
@@ -219,3 +227,15 @@ class Notifier(EngineListener):
         finally:
             await response.aclose()
         return response.status_code
+
+
+def _redacted(text: str, target: NotifyTarget, url: str | None = None) -> str:
+    """``text`` without the URL or any header value, as written or as a library quotes them
+    (h11 refuses a header as ``Illegal header value b'...'``): both may be credentials."""
+    secrets = [target.url.get_secret_value(), url or ""]
+    for value in target.headers.values():
+        raw = value.get_secret_value()
+        secrets += [raw, repr(raw)[1:-1], repr(raw.encode())[2:-1]]
+    for secret in sorted((s for s in secrets if len(s) >= 3), key=len, reverse=True):
+        text = text.replace(secret, "<redacted>")
+    return text

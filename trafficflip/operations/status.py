@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from trafficflip.config.durations import format_duration
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.decide import move_starts_at, next_step_at, site_order
 from trafficflip.decision.model import ServiceHealth, ServiceState, SiteHealth, Status
@@ -177,10 +178,41 @@ class Summary:
         )
         down = "checks not known" if self.checks_down is None else f"{self.checks_down} checks down"
         last = "never" if self.last_failover is None else clock_text(self.last_failover)
-        return (
-            f"{self.services} services: {counts}{', ' + others if others else ''}; {down}; "
-            f"last failover {last}"
-        )
+        total = plural(self.services, "service")
+        return f"{total}: {counts}{', ' + others if others else ''}; {down}; last failover {last}"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 service``, ``2 services``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+# Known services listed when a command names an unknown one.
+KNOWN_LISTED = 20
+
+
+def known_services(names: Iterable[str]) -> str:
+    """`` (services: api, www)`` for a message about an unknown service; the first
+    ``KNOWN_LISTED`` by name, then how many more."""
+    known = sorted(names)
+    if not known:
+        return " (no services are configured)"
+    more = f" and {len(known) - KNOWN_LISTED} more" if len(known) > KNOWN_LISTED else ""
+    return f" (services: {', '.join(known[:KNOWN_LISTED])}{more})"
+
+
+def waits_for(command: str, service: ServiceConfig) -> str:
+    """What a taken command still waits for, said in its answer; empty when nothing. A drain
+    moves traffic only once the sites taking it have been up for ``failback.stabilize``,
+    then along the steps: "ok" alone reads as done."""
+    if command not in ("drain", "failover"):
+        return ""
+    failback = service.failback
+    return (
+        "traffic moves once the sites taking it have been up for failback.stabilize "
+        f"({format_duration(failback.stabilize)}), then in {len(failback.steps)} steps of "
+        f"{format_duration(failback.step_duration)}"
+    )
 
 
 def summarize(
