@@ -10,9 +10,10 @@ HTTP checks take one of two paths (``Prober(http=...)``):
   client.
 
 Both paths give the same reasons: ``status N``, ``body mismatch``, ``timeout``, ``connect
-refused``, ``tls error``, ``protocol error``, ``connect error``, ``slow ...`` and
-``inconclusive: prober overloaded ...``. Results are stamped with ``clock`` (monotonic by
-default, as every decision compares them).
+refused``, ``tls error``, ``protocol error``, ``headers too large``, ``connect error``, ``slow
+...`` and ``inconclusive: prober overloaded ...``. Headers are capped at ``MAX_HEADERS`` on the
+lean path, and at httpcore's own 100 KiB (``MAX_INCOMPLETE_EVENT_SIZE``) on the httpx path.
+Results are stamped with ``clock`` (monotonic by default, as every decision compares them).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from trafficflip.runtime.probe_http import (
     MAX_BODY,
     USER_AGENT,
     AnswerError,
+    HeadersTooLarge,
     LeanRequest,
     lean_http,
     lean_supports,
@@ -253,6 +255,11 @@ def _describe_error(exc: BaseException) -> str:
         return "connect refused"
     if isinstance(cause, ssl.SSLError) or "certificate" in str(exc).lower():
         return "tls error"
+    if isinstance(exc, HeadersTooLarge) or (
+        # h11's words when an answer's head outgrows httpcore's buffer limit.
+        isinstance(exc, httpx.RemoteProtocolError) and "buffer too long" in str(exc)
+    ):
+        return "headers too large"
     if isinstance(exc, httpx.RemoteProtocolError | AnswerError):
         return "protocol error"
     if isinstance(exc, httpx.ConnectError | OSError):
