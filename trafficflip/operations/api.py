@@ -26,11 +26,10 @@ from typing import Annotated, Any
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trafficflip.config.schema import NAME_PATTERN, TOKEN_NAME_PATTERN, ApiConfig, split_host_port
 from trafficflip.decision.commands import (
@@ -40,6 +39,7 @@ from trafficflip.decision.commands import (
     CommandSpec,
 )
 from trafficflip.errors import ConfigError
+from trafficflip.operations.limits import BodyLimit, connection_cap, server_limits
 from trafficflip.operations.metrics import Metrics
 from trafficflip.operations.page import render_page
 from trafficflip.operations.snapshot import SnapshotKeeper
@@ -211,39 +211,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 ServiceName = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64)]
 Journal = Annotated[int, Query(ge=0, le=JOURNAL_MAX)]
-
-
-class BodyLimit:
-    """Refuses a request body above ``limit`` bytes with 413, whether it declares its length
-    or streams it, before the application reads it into memory."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, f"request body above {self.limit} bytes")
-            return message
-
-        await self.app(scope, limited, send)
-
-
-async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    response = JSONResponse({"detail": "request body too large"}, status_code=413)
-    await response(scope, receive, send)
 
 
 def create_app(
@@ -491,6 +458,7 @@ class ApiServer:
             ws="none",
             server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
+            **server_limits(),
         )
         self._server = server = _Server(config)
         self._task = asyncio.get_running_loop().create_task(server.serve(sockets=[self.socket]))
@@ -499,7 +467,7 @@ class ApiServer:
         if self._task.done():
             self._task.result()  # raises what stopped it
             raise RuntimeError("the API server stopped while starting")
-        log.info("api_listening address=%s", self.listen)
+        log.info("api_listening address=%s connections=%d", self.listen, connection_cap())
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:

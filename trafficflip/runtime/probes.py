@@ -11,14 +11,18 @@ HTTP checks take one of two paths (``Prober(http=...)``):
 
 Both paths give the same reasons: ``status N``, ``body mismatch``, ``timeout``, ``connect
 refused``, ``tls error``, ``protocol error``, ``headers too large``, ``connect error``, ``slow
-...`` and ``inconclusive: prober overloaded ...``. Headers are capped at ``MAX_HEADERS`` on the
-lean path, and at httpcore's own 100 KiB (``MAX_INCOMPLETE_EVENT_SIZE``) on the httpx path.
-Results are stamped with ``clock`` (monotonic by default, as every decision compares them).
+...``, ``inconclusive: prober overloaded ...`` and, when this process could not open a socket
+(``LOCAL_EXHAUSTION``), ``inconclusive: local resources exhausted (EMFILE)``. Headers are
+capped at ``MAX_HEADERS`` on the lean path, and at httpcore's own 100 KiB
+(``MAX_INCOMPLETE_EVENT_SIZE``) on the httpx path. Results are stamped with ``clock``
+(monotonic by default, as every decision compares them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
 import ssl
 import time
@@ -52,6 +56,10 @@ PREPARED_CACHE = 100_000
 # A timeout during which our own event loop stalled this share of the timeout is ours.
 OVERLOAD_FRACTION = 0.25
 MAX_IN_FLIGHT = 64
+# Errors that say this process or host is out of descriptors or buffers, not that the site
+# is down: such a probe counts neither way (a flood of API connections once failed every
+# site at once with EMFILE).
+LOCAL_EXHAUSTION = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 HEARTBEAT = 0.05
 
 
@@ -140,6 +148,11 @@ class Prober:
         except TimeoutError:
             reason = "timeout"
         except Exception as exc:  # a probe must never take the scheduler down
+            exhausted = local_exhaustion(exc)
+            if exhausted is not None:
+                reason = f"inconclusive: local resources exhausted ({exhausted})"
+                latency = time.monotonic() - started
+                return ProbeResult(False, reason, latency, self.clock(), inconclusive=True)
             reason = _describe_error(exc)
         latency = time.monotonic() - started
         if reason is None and isinstance(check, HttpCheck) and check.max_latency is not None:
@@ -239,6 +252,19 @@ async def _dns(check: DnsCheck, timeout: float) -> str | None:
         return "no answer"
     if check.expect and not {v.lower() for v in check.expect} <= values:
         return "answer mismatch"
+    return None
+
+
+def local_exhaustion(exc: BaseException) -> str | None:
+    """The errno name (``EMFILE``) when ``exc`` or what caused it is one of
+    ``LOCAL_EXHAUSTION``, else None."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # causes chain a few levels deep (httpx, httpcore, the OS error)
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in LOCAL_EXHAUSTION:
+            return errno.errorcode.get(seen.errno, os.strerror(seen.errno))
+        seen = seen.__cause__ or seen.__context__
     return None
 
 
