@@ -2,16 +2,21 @@
 
 The engine only queues: a notice is put on each target's bounded queue and a worker per
 target sends it with retries and a timeout, so a slow or dead webhook never delays a traffic
-change. A notice that fails every attempt is logged and counted; a full queue drops and
-counts. Target URLs and headers are secrets (a Slack webhook URL is its own credential):
-logs name the target, never its URL.
+change. A notice that fails every attempt is logged and counted. Storms are shaped per
+target: at most one POST per ``DIGEST_INTERVAL``, so what queues up meanwhile goes out as one
+digest listing the services; a ``Retry-After`` answer (429, 503) holds the target's next POST;
+a full queue drops its least important notice (``IMPORTANCE``), oldest first, and counts it.
+Target URLs and headers are secrets (a Slack webhook URL is its own credential): logs name
+the target, never its URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +35,32 @@ DRAIN_GRACE = 3.0
 RETRY_BASE, RETRY_CAP = 0.5, 10.0
 # The most of a receiver's answer read; the rest is dropped with the connection.
 BODY_LIMIT = 64 * 1024
+# During a burst a target gets at most one POST per this many seconds: a digest of what
+# queued meanwhile (a 500-service failover is two POSTs, not 500), at most
+# DIGEST_MAX notices each. A notice in a quiet time goes out at once, alone.
+DIGEST_INTERVAL = 1.0
+DIGEST_MAX = QUEUE_SIZE
+# Lines of a Slack digest before "... and N more" (Slack truncates long messages).
+DIGEST_LINES = 20
+DIGEST = "digest"
+# A receiver's Retry-After is honoured up to this many seconds.
+RETRY_AFTER_CAP = 300.0
+# When a queue is full the least important notice goes first (the oldest of its rank): a
+# ramp step is stale a minute later, an all_down or a recovery is not. Unlisted kinds rank 1.
+IMPORTANCE: dict[str, int] = {
+    EventKind.ALL_DOWN: 3,
+    EventKind.RECOVERED: 3,
+    EventKind.FAILOVER: 3,
+    EventKind.FAILBACK_ABORTED: 3,
+    EventKind.PROVIDER_ERROR: 2,
+    EventKind.PROVIDER_RECOVERED: 2,
+    EventKind.FAILBACK_COMPLETED: 2,
+    EventKind.COMMAND: 2,
+    EventKind.RAMP_STEP: 0,
+    EventKind.FAILBACK_STARTED: 0,
+    EventKind.TTL_LOWERED: 0,
+    EventKind.TTL_RESTORED: 0,
+}
 # provider_error notices come from the provider's transitions, not from its journal
 # entries (one per service per retry), so a provider outage is announced once.
 JOURNAL_ONLY_SKIPPED = {EventKind.PROVIDER_ERROR}
@@ -57,8 +88,10 @@ class Notice:
     data: dict[str, object] = field(default_factory=dict)
 
 
-def payload(target: NotifyTarget, notice: Notice) -> dict[str, Any]:
+def payload(target: NotifyTarget, notice: Outgoing) -> dict[str, Any]:
     """The JSON body for ``target``'s format."""
+    if isinstance(notice, Digest):
+        return _digest_payload(target, notice)
     if target.format == "slack":
         icon = ICONS.get(notice.event, ":information_source:")
         subject = f"*{notice.service}* " if notice.service else ""
@@ -69,9 +102,121 @@ def payload(target: NotifyTarget, notice: Notice) -> dict[str, Any]:
         "service": notice.service,
         "message": notice.message,
         "at": notice.at,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(notice.at)),
+        "time": _utc(notice.at),
         "data": notice.data,
     }
+
+
+@dataclass(frozen=True)
+class Digest:
+    """The notices a target's queue gathered during a burst, sent as one POST (in time
+    order). Named like a notice in logs: event ``digest``, no service."""
+
+    notices: tuple[Notice, ...]
+    event: str = DIGEST
+    service: str | None = None
+
+    @classmethod
+    def of(cls, notices: Sequence[Notice]) -> Digest:
+        return cls(tuple(sorted(notices, key=lambda n: n.at)))
+
+    @property
+    def at(self) -> float:
+        return self.notices[-1].at
+
+    @property
+    def message(self) -> str:
+        """``12 notices (failover 10, recovered 2) for 10 services``."""
+        kinds = Counter(n.event for n in self.notices)
+        services = {n.service for n in self.notices if n.service}
+        summary = ", ".join(f"{kind} {count}" for kind, count in kinds.most_common())
+        return f"{len(self.notices)} notices ({summary}) for {len(services)} services"
+
+
+Outgoing = Notice | Digest
+
+
+def _digest_payload(target: NotifyTarget, digest: Digest) -> dict[str, Any]:
+    if target.format == "slack":
+        lines = [payload(target, n)["text"] for n in digest.notices[:DIGEST_LINES]]
+        if len(digest.notices) > DIGEST_LINES:
+            lines.append(f"... and {len(digest.notices) - DIGEST_LINES} more")
+        return {"text": "\n".join([f":bookmark_tabs: trafficflip {digest.message}", *lines])}
+    return {
+        "source": "trafficflip",
+        "event": DIGEST,
+        "service": None,
+        "message": digest.message,
+        "at": digest.at,
+        "time": _utc(digest.at),
+        "data": {"notices": [payload(target, n) for n in digest.notices]},
+    }
+
+
+class NoticeQueue:
+    """A bounded queue of notices that, when full, drops the least important one (the
+    oldest of the lowest ``IMPORTANCE``), and hands out the most important first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ranks: dict[int, deque[Notice]] = {}
+        self._count = 0
+        self._unfinished = 0
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, notice: Notice) -> Notice | None:
+        """Queue ``notice``; the notice dropped to make room, if any (maybe ``notice``)."""
+        rank = IMPORTANCE.get(notice.event, 1)
+        if self._count >= self.size:
+            lowest = min(r for r, queued in self._ranks.items() if queued)
+            if lowest > rank:
+                return notice
+            dropped = self._ranks[lowest].popleft()
+            self._count -= 1
+            self._unfinished -= 1
+        else:
+            dropped = None
+        self._ranks.setdefault(rank, deque()).append(notice)
+        self._count += 1
+        self._unfinished += 1
+        self._ready.set()
+        self._idle.clear()
+        return dropped
+
+    def take(self, limit: int) -> list[Notice]:
+        """Up to ``limit`` notices, the most important first; ``done`` them once handled."""
+        taken: list[Notice] = []
+        for rank in sorted(self._ranks, reverse=True):
+            queued = self._ranks[rank]
+            while queued and len(taken) < limit:
+                taken.append(queued.popleft())
+        self._count -= len(taken)
+        if not self._count:
+            self._ready.clear()
+        return taken
+
+    def done(self, count: int) -> None:
+        self._unfinished -= count
+        if self._unfinished <= 0:
+            self._unfinished = 0
+            self._idle.set()
+
+    async def wait(self) -> None:
+        """Until something is queued."""
+        await self._ready.wait()
+
+    async def join(self) -> None:
+        """Until everything queued was taken and done."""
+        await self._idle.wait()
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 class Notifier(EngineListener):
@@ -87,9 +232,12 @@ class Notifier(EngineListener):
         self.targets = list(targets)
         self.counted = counted
         self.clock = engine.clock.wall
-        self._queues: dict[str, asyncio.Queue[Notice]] = {
-            t.name: asyncio.Queue(maxsize=QUEUE_SIZE) for t in self.targets
-        }
+        self._queues = {t.name: NoticeQueue(QUEUE_SIZE) for t in self.targets}
+        # Per target, on the monotonic clock: no POST before this (DIGEST_INTERVAL after the
+        # last one, or the receiver's Retry-After); drops not yet logged and when last logged.
+        self._next_post = {t.name: 0.0 for t in self.targets}
+        self._drops = {t.name: 0 for t in self.targets}
+        self._drops_logged = {t.name: 0.0 for t in self.targets}
         self._failing: set[str] = set()
         self._client: httpx.AsyncClient | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -123,13 +271,24 @@ class Notifier(EngineListener):
         for target in self.targets:
             if notice.event not in target.events:
                 continue
-            try:
-                self._queues[target.name].put_nowait(notice)
-            except asyncio.QueueFull:
-                self.counted(target.name, "dropped")
-                log.warning(
-                    "notify_dropped target=%s event=%s: queue full", target.name, notice.event
-                )
+            dropped = self._queues[target.name].put(notice)
+            if dropped is not None:
+                self._dropped(target.name, dropped)
+
+    def _dropped(self, target: str, notice: Notice) -> None:
+        """Counted each; logged at most once per DIGEST_INTERVAL per target (a storm that
+        overflows the queue must not flood the log too)."""
+        self.counted(target, "dropped")
+        self._drops[target] += 1
+        now = time.monotonic()
+        if now - self._drops_logged[target] >= DIGEST_INTERVAL:
+            log.warning(
+                "notify_dropped target=%s event=%s dropped=%d: queue full, least important first",
+                target,
+                notice.event,
+                self._drops[target],
+            )
+            self._drops[target], self._drops_logged[target] = 0, now
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(follow_redirects=False)
@@ -152,27 +311,40 @@ class Notifier(EngineListener):
     async def _work(self, target: NotifyTarget) -> None:
         queue = self._queues[target.name]
         while True:
-            notice = await queue.get()
+            await queue.wait()
+            await self._held(target)
+            batch = queue.take(DIGEST_MAX)
+            notice = batch[0] if len(batch) == 1 else Digest.of(batch)
             try:
                 await self._deliver(target, notice)
             except Exception:  # a worker must outlive any one notice
                 log.exception("notify_error target=%s event=%s", target.name, notice.event)
             finally:
-                queue.task_done()
+                queue.done(len(batch))
 
-    async def _deliver(self, target: NotifyTarget, notice: Notice) -> None:
+    async def _held(self, target: NotifyTarget, at_least: float = 0.0) -> None:
+        """Wait ``at_least``, and until the target's next POST is due."""
+        delay = max(at_least, self._next_post[target.name] - time.monotonic())
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _count(self, target: NotifyTarget, outcome: str, notice: Outgoing) -> None:
+        for _ in notice.notices if isinstance(notice, Digest) else (notice,):
+            self.counted(target.name, outcome)
+
+    async def _deliver(self, target: NotifyTarget, notice: Outgoing) -> None:
         error = ""
         for attempt in range(target.retries + 1):
             if attempt:
-                await asyncio.sleep(backoff_delay(attempt, base=RETRY_BASE, cap=RETRY_CAP))
+                await self._held(target, backoff_delay(attempt, base=RETRY_BASE, cap=RETRY_CAP))
             error, retry = await self._post(target, notice)
             if not error:
-                self.counted(target.name, "sent")
+                self._count(target, "sent", notice)
                 log.debug("notify_sent target=%s event=%s", target.name, notice.event)
                 return
             if not retry:
                 break
-        self.counted(target.name, "failed")
+        self._count(target, "failed", notice)
         log.warning(
             "notify_failed target=%s event=%s service=%s attempts=%d error=%s",
             target.name,
@@ -182,10 +354,11 @@ class Notifier(EngineListener):
             error,
         )
 
-    async def _post(self, target: NotifyTarget, notice: Notice) -> tuple[str, bool]:
+    async def _post(self, target: NotifyTarget, notice: Outgoing) -> tuple[str, bool]:
         """One attempt, bounded as a whole by ``target.timeout``: ('', _) when delivered,
         else the error and whether to retry."""
         url = target.url.get_secret_value()
+        self._next_post[target.name] = time.monotonic() + DIGEST_INTERVAL
         try:
             # httpx's timeout bounds each read, so a receiver dripping a byte at a time
             # would hold the attempt forever: the deadline covers the whole exchange.
@@ -201,15 +374,20 @@ class Notifier(EngineListener):
         # 4xx other than 429 will not change on a retry (a revoked Slack hook answers 404).
         return f"status {status}", status >= 500 or status == 429
 
-    async def _exchange(self, target: NotifyTarget, notice: Notice, url: str) -> int:
+    async def _exchange(self, target: NotifyTarget, notice: Outgoing, url: str) -> int:
         """POST the notice; read at most ``BODY_LIMIT`` of the answer (nobody needs it, and
-        an endless body must not grow the process); return the status."""
+        an endless body must not grow the process); return the status. A Retry-After holds
+        the target's next POST."""
         assert self._client is not None
         headers = {name: value.get_secret_value() for name, value in target.headers.items()}
         request = self._client.build_request(
             "POST", url, json=payload(target, notice), headers=headers, timeout=target.timeout
         )
         response = await self._client.send(request, stream=True)
+        wait = retry_after(response.headers.get("retry-after"), self.clock())
+        if wait is not None:
+            held = time.monotonic() + wait
+            self._next_post[target.name] = max(self._next_post[target.name], held)
         try:
             read = 0
             async for chunk in response.aiter_raw():
@@ -219,3 +397,19 @@ class Notifier(EngineListener):
         finally:
             await response.aclose()
         return response.status_code
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` value asks for (delay-seconds or an HTTP date, RFC 9110
+    10.2.3), at most ``RETRY_AFTER_CAP``; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
