@@ -21,7 +21,7 @@ RUN --mount=type=secret,id=pip_cert \
     && python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"] + p["build-system"]["requires"]))' \
         > /tmp/requirements.txt \
     && /opt/trafficflip/bin/pip install -r /tmp/requirements.txt
-COPY README.md LICENSE ./
+COPY README.md LICENSE setup.py ./
 COPY trafficflip ./trafficflip
 COPY providers ./providers
 # The build backend came with the dependencies: installing the code downloads nothing.

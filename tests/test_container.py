@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.containers import build_image, engine_problem, podman
+from tests.etcd import EtcdCluster
 from tests.service import FALL, INTERVAL, PRIMARY, STANDBY, TOKEN, Deployment
 from tests.support import MotoServer, free_port, wait_until
 
@@ -49,7 +50,8 @@ class Container:
         self.http = httpx.Client(base_url=self.url, timeout=5)
         assert podman("volume", "create", self.volume).returncode == 0
 
-    def run(self) -> None:
+    def run(self, **env: str) -> None:
+        """``env``: more settings, on the command line (no secrets among them)."""
         result = podman(
             "run", "--detach", "--name", self.name,
             "--read-only", "--network", "host",
@@ -58,6 +60,7 @@ class Container:
             *[arg for key in self.secrets for arg in ("--env", key)],
             "--env", f"TRAFFICFLIP_API__LISTEN=127.0.0.1:{self.port}",
             "--env", "TRAFFICFLIP_LOG_FORMAT=text",
+            *[arg for key, value in env.items() for arg in ("--env", f"{key}={value}")],
             self.image,
             env=self.secrets,
         )  # fmt: skip
@@ -185,3 +188,31 @@ def assert_runs_read_only_as_uid(container: Container) -> None:
     assert set(uids) == {str(USER_ID)}, status
     root_write = podman("exec", container.name, "touch", "/opt/trafficflip/written")
     assert root_write.returncode != 0 and "Read-only file system" in root_write.stderr
+
+
+def test_cluster_mode_in_the_container(container: Container, tmp_path: Path) -> None:
+    """The image carries trafficflip.cluster: an instance in it leads on a real etcd (on the
+    host's loopback) and fails over."""
+    etcd = EtcdCluster(tmp_path / "etcd", size=1)
+    try:
+        container.run(
+            TRAFFICFLIP_CLUSTER__ETCD=",".join(etcd.endpoints),
+            TRAFFICFLIP_CLUSTER__NAME="edge-a",
+        )
+        wait_until(container.answering, timeout=60, what="the API in the container")
+
+        def leading() -> bool:
+            response = container.http.get("/api/v1/cluster")
+            return response.status_code == 200 and response.json()["leading"] is True
+
+        wait_until(leading, timeout=30, what="the container leading on etcd")
+        deployment = container.deployment
+        wait_until(lambda: deployment.weights() == PRIMARY, timeout=20, what="initial weights")
+        deployment.primary.stop()
+        wait_until(
+            lambda: deployment.weights() == STANDBY,
+            timeout=FALL * INTERVAL + 10.0,
+            what="failover to dr from the container in cluster mode",
+        )
+    finally:
+        etcd.stop()

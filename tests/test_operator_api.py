@@ -45,17 +45,77 @@ async def rig() -> AsyncIterator[Rig]:
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def test_reads_need_a_token_with_read_auth_except_the_probes(rig: Rig) -> None:
+async def test_with_read_auth_everything_but_liveness_needs_a_token() -> None:
+    rig = Rig(services=3)  # never reconciled: not ready
     api = client(rig, read_auth=True)
-    for path in ("/api/v1/services", "/api/v1/services/www", "/api/v1/summary", "/"):
+    reads = ("/api/v1/services", "/api/v1/services/www", "/api/v1/summary", "/", "/metrics")
+    for path in (*reads, "/openapi.json"):
         assert (await api.get(path)).status_code == 401, path
         assert (await api.get(path, headers=AUTH)).status_code == 200, path
-    for path in ("/healthz", "/metrics"):
+    assert (await api.get("/healthz")).status_code == 200
+    # Not ready before a reconcile: the code is open, the reasons (names, addresses,
+    # provider errors) are not.
+    anonymous, authorized = await api.get("/readyz"), await api.get("/readyz", headers=AUTH)
+    assert anonymous.status_code == authorized.status_code == 503
+    assert anonymous.json()["reasons"] == [] and authorized.json()["reasons"], authorized.text
+
+
+async def test_without_read_auth_reads_and_the_schema_stay_open() -> None:
+    api = client(Rig(services=3))
+    for path in ("/api/v1/summary", "/metrics", "/openapi.json"):
         assert (await api.get(path)).status_code == 200, path
-    assert (await api.get("/readyz")).status_code in (
-        200,
-        503,
-    )  # open; not ready before a reconcile
+    assert (await api.get("/readyz")).json()["reasons"]
+
+
+SCOPED = {"ops": TOKEN, "grafana": "grafana-token-0123", "prom": "prom-token-0123",
+          "oncall": "oncall-token-0123"}  # fmt: skip
+SCOPES = {"grafana": ["read"], "prom": ["metrics"], "oncall": ["read", "operate"]}
+
+
+def scoped_client(rig: Rig) -> httpx.AsyncClient:
+    config = ApiConfig.model_validate({"tokens": SCOPED, "scopes": SCOPES, "read_auth": True})
+    runner = Runner(rig.engine, Prober(), reconcile_interval=30)
+    metrics = Metrics(rig.engine, runner)
+    app = create_app(rig.engine, runner, metrics, load_tokens(config), config, reload=list)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
+
+
+async def test_token_scopes(rig: Rig) -> None:
+    api = scoped_client(rig)
+    rights = {
+        "ops": {"read": 200, "metrics": 200, "operate": 200, "admin": 200},
+        "grafana": {"read": 200, "metrics": 200, "operate": 403, "admin": 403},
+        "prom": {"read": 403, "metrics": 200, "operate": 403, "admin": 403},
+        "oncall": {"read": 200, "metrics": 200, "operate": 200, "admin": 403},
+    }
+    for name, expected in rights.items():
+        auth = {"Authorization": f"Bearer {SCOPED[name]}"}
+        seen = {
+            "read": (await api.get("/api/v1/summary", headers=auth)).status_code,
+            "metrics": (await api.get("/metrics", headers=auth)).status_code,
+            "operate": (await api.post("/api/v1/services/s1/release", headers=auth)).status_code,
+            "admin": (await api.post("/api/v1/reload", headers=auth)).status_code,
+        }
+        assert seen == expected, name
+    refused = await api.post("/api/v1/reload", headers={"Authorization": "Bearer prom-token-0123"})
+    assert refused.json()["detail"] == "token prom lacks the admin scope"
+
+
+def test_scopes_for_an_unknown_token_are_a_config_error() -> None:
+    config = ApiConfig.model_validate({"tokens": {"ops": TOKEN}, "scopes": {"opz": ["read"]}})
+    with pytest.raises(ConfigError) as caught:
+        load_tokens(config)
+    assert caught.value.problems == ["api.scopes: no token named opz"]
+
+
+@pytest.mark.parametrize("forger", ["\u2028", "\u2029", "\u0085", "\u202e", "\u2066"])
+async def test_reasons_that_break_or_reorder_a_log_line_are_refused(rig: Rig, forger: str) -> None:
+    api = client(rig)
+    reason = f"deploy{forger}failover www: primary down"
+    response = await api.post("/api/v1/services/s1/hold", json={"reason": reason}, headers=AUTH)
+    assert response.status_code == 422, response.text
+    fine = await api.post("/api/v1/services/s1/hold", json={"reason": "déployé ✓"}, headers=AUTH)
+    assert fine.status_code == 200, fine.text
 
 
 def test_read_auth_without_a_token_is_a_config_error() -> None:

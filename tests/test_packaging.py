@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -13,11 +14,13 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 import trafficflip
+from tests.etcd import EtcdCluster
 from tests.service import PRIMARY, STANDBY, Deployment
-from tests.support import ROOT, MotoServer, Process, wait_until
+from tests.support import ROOT, MotoServer, Process, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("build") is None,
@@ -38,11 +41,43 @@ def run(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None =
     return result.stdout
 
 
+def clean_copy(into: Path) -> Path:
+    """The source tree as a fresh clone has it (what the image's build context copies): an
+    ``*.egg-info`` left by an editable install would hand setuptools the files that the
+    package configuration forgot."""
+    files = run("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT)
+    for name in files.splitlines():
+        if (ROOT / name).is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, into / name)
+    return into
+
+
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return clean_copy(tmp_path_factory.mktemp("source"))
+
+
+@pytest.fixture(scope="module")
+def dist(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "build", "--outdir", out, ROOT)
+    run(sys.executable, "-m", "build", "--outdir", out, source)
     return out
+
+
+def test_a_wheel_built_from_the_tree_has_every_package(
+    source: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``pip install .`` (the image) builds the wheel from the tree, not from an sdist."""
+    out = tmp_path_factory.mktemp("wheel")
+    log = run(sys.executable, "-m", "build", "--wheel", "--outdir", out, source)
+    (wheel,) = out.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    for package in sorted(ROOT.glob("trafficflip/**/__init__.py")):
+        assert package.relative_to(ROOT).as_posix() in names
+    assert "trafficflip/operations/static/status.html" in names
+    assert "absent from the `packages` configuration" not in log
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +101,9 @@ def test_wheel_and_sdist_carry_the_version_and_the_license(dist: Path) -> None:
     assert "License-Expression: Apache-2.0" in metadata
     assert f"Version: {version}" in metadata
     assert "trafficflip/providers/route53.py" in names
+    # Every package of the source tree is in the wheel (a hand-written list once forgot one).
+    for package in sorted(ROOT.glob("trafficflip/**/__init__.py")):
+        assert package.relative_to(ROOT).as_posix() in names
     assert "trafficflip/operations/static/" in " ".join(names)
     with tarfile.open(sdist) as archive:
         assert f"trafficflip-{version}/LICENSE" in archive.getnames()
@@ -107,3 +145,42 @@ def test_installed_wheel_runs_a_failover(installed: Path, deployment: Deployment
     deployment.primary.stop()
     wait_until(lambda: deployment.weights() == STANDBY, timeout=10, what="failover to dr")
     assert deployment.process.stop() == 0, deployment.output()
+
+
+def test_installed_wheel_runs_cluster_mode_on_etcd(
+    installed: Path, deployment: Deployment, tmp_path: Path
+) -> None:
+    """Cluster mode imports trafficflip.cluster: the instance leads on a real etcd and fails
+    over from the wheel alone."""
+    etcd = EtcdCluster(tmp_path / "etcd", size=1)
+    port = free_port()
+    env = {
+        **deployment.env,
+        "TRAFFICFLIP_CLUSTER__ETCD": ",".join(etcd.endpoints),
+        "TRAFFICFLIP_CLUSTER__NAME": "edge-a",
+        "TRAFFICFLIP_API__LISTEN": f"127.0.0.1:{port}",
+    }
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+
+    def leading() -> bool:
+        try:
+            response = api.get("/api/v1/cluster")
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200 and response.json()["leading"] is True
+
+    try:
+        deployment.process = Process(
+            [str(installed), "run", "--config", str(deployment.config)],
+            env=env,
+            log=tmp_path / "cluster-run.log",
+            cwd=tmp_path,
+        )
+        wait_until(leading, timeout=30, what="the installed instance leading on etcd")
+        wait_until(lambda: deployment.weights() == PRIMARY, timeout=30, what="initial weights")
+        deployment.primary.stop()
+        wait_until(lambda: deployment.weights() == STANDBY, timeout=15, what="failover to dr")
+        assert deployment.process.stop() == 0, deployment.output()
+    finally:
+        api.close()
+        etcd.stop()

@@ -238,3 +238,52 @@ async def test_credentials_in_the_url_take_the_httpx_path(path: HttpPath) -> Non
             await prober.close()
     # httpx turned the URL's credentials into Basic auth ("probe:secret").
     assert b"Authorization: Basic cHJvYmU6c2VjcmV0" in site.requests[0]
+
+
+class HeaderBomb:
+    """A loopback site that answers with a status line and then headers that never end:
+    ``lines`` (one short header after another) or ``value`` (one header whose value grows).
+    It stops writing when the client closes, or after ``BOMB_LIMIT`` bytes or seconds."""
+
+    BOMB_LIMIT = 64 * 1024 * 1024
+    BOMB_SECONDS = 10.0
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.written = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> HeaderBomb:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started = asyncio.get_running_loop().time()
+        chunk = b"X-Pad: " + b"a" * 1000 + b"\r\n" if self.mode == "lines" else b"a" * 1024
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\n" + (b"" if self.mode == "lines" else b"X-Big: "))
+            while self.written < self.BOMB_LIMIT:
+                if asyncio.get_running_loop().time() - started > self.BOMB_SECONDS:
+                    break
+                writer.write(chunk)
+                self.written += len(chunk)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the prober closed: what the test waits for
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("mode", ["lines", "value"])
+async def test_endless_headers_fail_the_probe_at_once(prober: Prober, mode: str) -> None:
+    async with HeaderBomb(mode) as site:
+        result = await prober.probe(check(f"http://127.0.0.1:{site.port}/healthz"), 3.0)
+    assert result.reason == "headers too large", (result.reason, site.written)
+    # Not at the timeout, after reading megabytes: at the cap (httpx's is httpcore's 100 KiB).
+    assert result.latency < 1.0, result.latency

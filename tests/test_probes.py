@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.server
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -186,3 +188,43 @@ async def test_probes_beyond_the_in_flight_bound_wait_without_their_timeout_runn
         assert (second.at - started) - second.latency >= first.latency * 0.9
     finally:
         await prober.close()
+
+
+# Run in a child process: it lowers its own descriptor limit, fills it, then probes.
+EXHAUSTED = """
+import asyncio, resource, socket, sys
+from trafficflip.config.schema import HttpCheck, TcpCheck
+from trafficflip.runtime.probes import Prober
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+async def main() -> None:
+    prober = Prober(http=sys.argv[1])
+    held = []
+    try:
+        while len(held) < 100:  # bounded: the limit is 64
+            held.append(socket.socket())
+    except OSError:
+        pass
+    checks = [HttpCheck(type="http", url=sys.argv[2]), TcpCheck(type="tcp", address=sys.argv[3])]
+    for check in checks:
+        result = await prober.probe(check, 1.0)
+        print(result.ok, result.inconclusive, result.reason, sep="|")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("path", ["lean", "httpx"])
+def test_a_probe_without_a_descriptor_is_inconclusive(path: HttpPath, site: HttpSite) -> None:
+    """EMFILE is this process's shortage, not the site's failure: it counts neither way."""
+    address = site.url.split("/")[2]
+    result = subprocess.run(
+        [sys.executable, "-c", EXHAUSTED, path, site.url, address],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines == ["False|True|inconclusive: local resources exhausted (EMFILE)"] * 2, lines

@@ -423,7 +423,10 @@ class ApiConfig(Strict):
     # Name -> token; the name is journaled as the source of every command made with it.
     tokens: dict[Annotated[str, Field(pattern=TOKEN_NAME_PATTERN)], SecretStr] = {}
     tokens_file: Path | None = None
-    # Reads need a token too (all but /healthz, /readyz and /metrics).
+    # Token name -> its scopes (read, metrics, operate, admin; operations/auth.py); a token
+    # not named here holds them all.
+    scopes: dict[str, list[Literal["read", "metrics", "operate", "admin"]]] = {}
+    # Reads need a token too: all but /healthz and /readyz's status code.
     read_auth: bool = False
     # Host header values accepted ("*.example.com" allowed); empty accepts any. A browser
     # on the same machine can be pointed at a loopback API through a rebinding DNS name.

@@ -2,44 +2,50 @@
 
 Every read is served from the ``SnapshotKeeper``'s current snapshot, never computed from the
 engine per request, so a busy client cannot delay probes or a failover. Reads are open unless
-``api.read_auth`` is set (``/healthz``, ``/readyz`` and ``/metrics`` always are); every
-mutating call needs ``Authorization: Bearer <token>`` and goes through the operator command
-path, so it is journaled with its reason and the token's name. With no token configured the
-mutating endpoints answer 403: they are off, never open. ``api.allowed_hosts`` checks the
-Host header (a DNS-rebinding page in a browser on the same host cannot reach the API) and
-request bodies above ``api.max_body`` are refused.
+``api.read_auth`` is set (then only ``/healthz`` and ``/readyz``'s status code are); every
+mutating call needs ``Authorization: Bearer <token>`` with its scope (``auth.py``) and goes
+through the operator command path, so it is journaled with its reason and the token's name.
+With no token configured the mutating endpoints answer 403: they are off, never open.
+``api.allowed_hosts`` checks the Host header (a DNS-rebinding page in a browser on the same
+host cannot reach the API); connections, request heads and bodies are bounded (``limits.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trafficflip.config.schema import NAME_PATTERN, TOKEN_NAME_PATTERN, ApiConfig, split_host_port
+from trafficflip.config.schema import NAME_PATTERN, ApiConfig, split_host_port
 from trafficflip.decision.commands import (
     COMMANDS,
     REASON_MAX,
-    REASON_PATTERN,
     CommandSpec,
 )
 from trafficflip.errors import ConfigError, TrafficflipError
+from trafficflip.operations.auth import (
+    READ,
+    Admin,
+    Operator,
+    TokenAuth,
+    scrapers,
+)
+
+# Imported from here by the CLI and the cluster's routes.
+from trafficflip.operations.auth import load_tokens as load_tokens
+from trafficflip.operations.auth import readers as readers
+from trafficflip.operations.limits import BodyLimit, connection_cap, server_limits
 from trafficflip.operations.metrics import Metrics
 from trafficflip.operations.page import render_page
 from trafficflip.operations.snapshot import SnapshotKeeper
@@ -56,7 +62,11 @@ JOURNAL_DEFAULT, JOURNAL_MAX = 10, JOURNAL_KEEP
 SCRAPE_MAX_AGE = 1.0
 # Seconds uvicorn waits for open requests when the service stops.
 SHUTDOWN_GRACE = 2
-REASON = Field("", max_length=REASON_MAX, pattern=REASON_PATTERN)
+# One line without control characters (as commands.REASON_PATTERN), nor the characters that
+# break a line or reorder it for a Unicode-aware reader of the log: NEL and the other C1
+# controls, the line and paragraph separators, the bidirectional overrides and isolates.
+REASON_TEXT = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$"
+REASON = Field("", max_length=REASON_MAX, pattern=REASON_TEXT)
 
 
 class Error(BaseModel):
@@ -116,92 +126,6 @@ class SummaryView(BaseModel):
     line: str
 
 
-def load_tokens(config: ApiConfig) -> dict[str, str]:
-    """Tokens from ``api.tokens`` and ``api.tokens_file`` (``name:token`` a line)."""
-    tokens = {name: secret.get_secret_value() for name, secret in config.tokens.items()}
-    if config.tokens_file is not None:
-        tokens.update(_read_tokens_file(config.tokens_file))
-    if config.read_auth and not tokens:
-        raise ConfigError(["api.read_auth: needs a token in api.tokens or api.tokens_file"])
-    return tokens
-
-
-def _read_tokens_file(path: Path) -> dict[str, str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError([f"api.tokens_file: cannot read {path}: {exc.strerror}"]) from None
-    tokens = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        name, sep, token = line.partition(":")
-        name = name.strip()
-        where = f"api.tokens_file: {path} line {number}"
-        if not sep or not name or not token.strip():
-            # The line itself is not echoed: it may be a token without its name.
-            raise ConfigError([f"{where}: expected name:token"])
-        if not re.fullmatch(TOKEN_NAME_PATTERN, name):
-            # A name is journaled as the source of every command: one plain word.
-            raise ConfigError([f"{where}: the name must match {TOKEN_NAME_PATTERN}"])
-        tokens[name] = token.strip()
-    return tokens
-
-
-class TokenAuth:
-    """Bearer-token check; returns the token's name."""
-
-    scheme = HTTPBearer(auto_error=False, description="a token from api.tokens")
-
-    def __init__(self, tokens: Mapping[str, str]) -> None:
-        self._tokens = [(name, token.encode()) for name, token in tokens.items()]
-
-    def check(self, credentials: HTTPAuthorizationCredentials | None) -> str:
-        if not self._tokens:
-            raise HTTPException(403, "mutating endpoints are off: no API token is configured")
-        if credentials is None:
-            raise HTTPException(401, "needs Authorization: Bearer <token>", _CHALLENGE)
-        offered = credentials.credentials.encode()
-        found = None
-        for name, token in self._tokens:  # every token is compared: constant time overall
-            if hmac.compare_digest(offered, token):
-                found = name
-        if found is None:
-            raise HTTPException(401, "invalid token", _CHALLENGE)
-        return found
-
-
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
-
-
-async def operator(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(TokenAuth.scheme)],
-) -> str:
-    """The name of the token that authorized this request (a FastAPI dependency)."""
-    auth: TokenAuth = request.app.state.auth
-    return auth.check(credentials)
-
-
-async def reader(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(TokenAuth.scheme)],
-) -> None:
-    """With ``api.read_auth``, reads need a token too (a FastAPI dependency)."""
-    if request.app.state.read_auth:
-        request.app.state.auth.check(credentials)
-
-
-Operator = Annotated[str, Depends(operator)]
-Reader = [Depends(reader)]
-
-
-def readers(app: FastAPI) -> list[Any]:
-    """The read routes' dependencies: the token check only with ``api.read_auth``, so the
-    OpenAPI document declares a security requirement only where one is enforced."""
-    return Reader if app.state.read_auth else []
-
-
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Error, "description": text}
     for code, text in (
@@ -218,39 +142,6 @@ ServiceName = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64)]
 Journal = Annotated[int, Query(ge=0, le=JOURNAL_MAX)]
 
 
-class BodyLimit:
-    """Refuses a request body above ``limit`` bytes with 413, whether it declares its length
-    or streams it, before the application reads it into memory."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, f"request body above {self.limit} bytes")
-            return message
-
-        await self.app(scope, limited, send)
-
-
-async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    response = JSONResponse({"detail": "request body too large"}, status_code=413)
-    await response(scope, receive, send)
-
-
 def create_app(
     engine: Engine,
     runner: Runner,
@@ -265,11 +156,17 @@ def create_app(
     re-reads the configuration and returns its problems (``POST /api/v1/reload``)."""
     config = config or ApiConfig()
     snapshots = snapshots or SnapshotKeeper(engine)
-    app = FastAPI(title="trafficflip", version="1", docs_url=None, redoc_url=None)
+    # With read_auth the OpenAPI document (every route, the command table) is a read too.
+    openapi_url = None if config.read_auth else "/openapi.json"
+    app = FastAPI(
+        title="trafficflip", version="1", docs_url=None, redoc_url=None, openapi_url=openapi_url
+    )
     app.state.snapshots = snapshots
     metrics.read_from(lambda: snapshots.current)
-    app.state.auth = TokenAuth(tokens)
+    app.state.auth = TokenAuth(tokens, config.scopes)
     app.state.read_auth = config.read_auth
+    if openapi_url is None:
+        _openapi_route(app)
     if config.allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
     app.add_middleware(BodyLimit, limit=config.max_body)
@@ -278,6 +175,12 @@ def create_app(
     if reload is not None:
         _reload_route(app, reload)
     return app
+
+
+def _openapi_route(app: FastAPI) -> None:
+    @app.get("/openapi.json", include_in_schema=False, dependencies=readers(app))
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
 
 class ReloadResult(BaseModel):
@@ -307,7 +210,7 @@ def _reload_route(app: FastAPI, reload: Callable[[bool], list[str]]) -> None:
         summary="re-read the configuration file and the environment",
     )
     async def reload_config(
-        who: Operator, response: Response, request: ReloadRequest | None = None
+        who: Admin, response: Response, request: ReloadRequest | None = None
     ) -> ReloadResult:
         """A valid configuration takes effect at once; an invalid one changes nothing and
         its problems come back as ``key.path: reason``. One that removes services needs
@@ -357,13 +260,17 @@ def _routes(
         return Probe(status="ok")
 
     @app.get("/readyz", response_model=Probe, responses={503: {"model": Probe}})
-    async def readyz(response: Response) -> Probe:
-        """The state store answers and every provider answered its last reconcile."""
+    async def readyz(response: Response, request: Request) -> Probe:
+        """The state store answers and every provider answered its last reconcile. With
+        ``api.read_auth`` the reasons (names, addresses, provider errors) need a read token;
+        the status code never does, so an orchestrator's probe needs none."""
         reasons = not_ready(engine)
-        if reasons:
-            response.status_code = 503
-            return Probe(status="not ready", reasons=reasons)
-        return Probe(status="ready")
+        if not reasons:
+            return Probe(status="ready")
+        response.status_code = 503
+        if request.app.state.read_auth and not request.app.state.auth.allows(request, READ):
+            return Probe(status="not ready")
+        return Probe(status="not ready", reasons=reasons)
 
     @app.get(
         "/api/v1/services",
@@ -394,7 +301,12 @@ def _routes(
             raise HTTPException(404, f"unknown service {name!r}")
         return found
 
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        dependencies=scrapers(app),
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     async def metrics_text() -> Response:
         body, content_type = await scrapes.get()
         return Response(body, media_type=content_type)
@@ -522,6 +434,7 @@ class ApiServer:
             ws="none",
             server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
+            **server_limits(),
         )
         self._server = server = _Server(config)
         self._task = asyncio.get_running_loop().create_task(server.serve(sockets=[self.socket]))
@@ -530,7 +443,7 @@ class ApiServer:
         if self._task.done():
             self._task.result()  # raises what stopped it
             raise RuntimeError("the API server stopped while starting")
-        log.info("api_listening address=%s", self.listen)
+        log.info("api_listening address=%s connections=%d", self.listen, connection_cap())
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:

@@ -2,24 +2,28 @@
 
 The engine only queues: a notice is put on each target's bounded queue and a worker per
 target sends it with retries and a timeout, so a slow or dead webhook never delays a traffic
-change. A notice that fails every attempt is logged and counted; a full queue drops and
-counts. Target URLs and headers are secrets (a Slack webhook URL is its own credential):
-logs name the target, never its URL.
+change. A notice that fails every attempt is logged and counted. Storms are shaped per
+target: at most one POST per ``DIGEST_INTERVAL``, so what queues up meanwhile goes out as one
+digest listing the services; a ``Retry-After`` answer (429, 503) holds the target's next POST;
+a full queue drops its least important notice (``IMPORTANCE``), oldest first, and counts it.
+Target URLs and headers are secrets (a Slack webhook URL is its own credential): logs name
+the target, never its URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from trafficflip.config.schema import NotifyTarget
 from trafficflip.decision.model import EventKind, JournalEntry
+from trafficflip.operations.notices import DIGEST, Digest, Notice, NoticeQueue, Outgoing
 from trafficflip.runtime.engine import Engine, EngineListener
 from trafficflip.runtime.retry import backoff_delay
 
@@ -30,6 +34,15 @@ DRAIN_GRACE = 3.0
 RETRY_BASE, RETRY_CAP = 0.5, 10.0
 # The most of a receiver's answer read; the rest is dropped with the connection.
 BODY_LIMIT = 64 * 1024
+# During a burst a target gets at most one POST per this many seconds: a digest of what
+# queued meanwhile (a 500-service failover is two POSTs, not 500), at most
+# DIGEST_MAX notices each. A notice in a quiet time goes out at once, alone.
+DIGEST_INTERVAL = 1.0
+DIGEST_MAX = QUEUE_SIZE
+# Lines of a Slack digest before "... and N more" (Slack truncates long messages).
+DIGEST_LINES = 20
+# A receiver's Retry-After is honoured up to this many seconds.
+RETRY_AFTER_CAP = 300.0
 # provider_error notices come from the provider's transitions, not from its journal
 # entries (one per service per retry), so a provider outage is announced once.
 JOURNAL_ONLY_SKIPPED = {EventKind.PROVIDER_ERROR}
@@ -46,19 +59,10 @@ ICONS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Notice:
-    """One thing to tell: an event ``EventKind`` (as its string) and its one-line message."""
-
-    event: str
-    message: str
-    at: float
-    service: str | None = None
-    data: dict[str, object] = field(default_factory=dict)
-
-
-def payload(target: NotifyTarget, notice: Notice) -> dict[str, Any]:
+def payload(target: NotifyTarget, notice: Outgoing) -> dict[str, Any]:
     """The JSON body for ``target``'s format."""
+    if isinstance(notice, Digest):
+        return _digest_payload(target, notice)
     if target.format == "slack":
         icon = ICONS.get(notice.event, ":information_source:")
         subject = f"*{notice.service}* " if notice.service else ""
@@ -69,9 +73,30 @@ def payload(target: NotifyTarget, notice: Notice) -> dict[str, Any]:
         "service": notice.service,
         "message": notice.message,
         "at": notice.at,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(notice.at)),
+        "time": _utc(notice.at),
         "data": notice.data,
     }
+
+
+def _digest_payload(target: NotifyTarget, digest: Digest) -> dict[str, Any]:
+    if target.format == "slack":
+        lines = [payload(target, n)["text"] for n in digest.notices[:DIGEST_LINES]]
+        if len(digest.notices) > DIGEST_LINES:
+            lines.append(f"... and {len(digest.notices) - DIGEST_LINES} more")
+        return {"text": "\n".join([f":bookmark_tabs: trafficflip {digest.message}", *lines])}
+    return {
+        "source": "trafficflip",
+        "event": DIGEST,
+        "service": None,
+        "message": digest.message,
+        "at": digest.at,
+        "time": _utc(digest.at),
+        "data": {"notices": [payload(target, n) for n in digest.notices]},
+    }
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 class Notifier(EngineListener):
@@ -87,9 +112,12 @@ class Notifier(EngineListener):
         self.targets = list(targets)
         self.counted = counted
         self.clock = engine.clock.wall
-        self._queues: dict[str, asyncio.Queue[Notice]] = {
-            t.name: asyncio.Queue(maxsize=QUEUE_SIZE) for t in self.targets
-        }
+        self._queues = {t.name: NoticeQueue(QUEUE_SIZE) for t in self.targets}
+        # Per target, on the monotonic clock: no POST before this (DIGEST_INTERVAL after the
+        # last one, or the receiver's Retry-After); drops not yet logged and when last logged.
+        self._next_post = {t.name: 0.0 for t in self.targets}
+        self._drops = {t.name: 0 for t in self.targets}
+        self._drops_logged = {t.name: 0.0 for t in self.targets}
         self._failing: set[str] = set()
         self._client: httpx.AsyncClient | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -123,13 +151,24 @@ class Notifier(EngineListener):
         for target in self.targets:
             if notice.event not in target.events:
                 continue
-            try:
-                self._queues[target.name].put_nowait(notice)
-            except asyncio.QueueFull:
-                self.counted(target.name, "dropped")
-                log.warning(
-                    "notify_dropped target=%s event=%s: queue full", target.name, notice.event
-                )
+            dropped = self._queues[target.name].put(notice)
+            if dropped is not None:
+                self._dropped(target.name, dropped)
+
+    def _dropped(self, target: str, notice: Notice) -> None:
+        """Counted each; logged at most once per DIGEST_INTERVAL per target (a storm that
+        overflows the queue must not flood the log too)."""
+        self.counted(target, "dropped")
+        self._drops[target] += 1
+        now = time.monotonic()
+        if now - self._drops_logged[target] >= DIGEST_INTERVAL:
+            log.warning(
+                "notify_dropped target=%s event=%s dropped=%d: queue full, least important first",
+                target,
+                notice.event,
+                self._drops[target],
+            )
+            self._drops[target], self._drops_logged[target] = 0, now
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(follow_redirects=False)
@@ -152,7 +191,10 @@ class Notifier(EngineListener):
     async def _work(self, target: NotifyTarget) -> None:
         queue = self._queues[target.name]
         while True:
-            notice = await queue.get()
+            await queue.wait()
+            await self._held(target)
+            batch = queue.take(DIGEST_MAX)
+            notice = batch[0] if len(batch) == 1 else Digest.of(batch)
             try:
                 await self._deliver(target, notice)
             except Exception as exc:  # a worker must outlive any one notice
@@ -164,21 +206,31 @@ class Notifier(EngineListener):
                     f"{type(exc).__name__}: {_redacted(str(exc), target)}",
                 )
             finally:
-                queue.task_done()
+                queue.done(len(batch))
 
-    async def _deliver(self, target: NotifyTarget, notice: Notice) -> None:
+    async def _held(self, target: NotifyTarget, at_least: float = 0.0) -> None:
+        """Wait ``at_least``, and until the target's next POST is due."""
+        delay = max(at_least, self._next_post[target.name] - time.monotonic())
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _count(self, target: NotifyTarget, outcome: str, notice: Outgoing) -> None:
+        for _ in notice.notices if isinstance(notice, Digest) else (notice,):
+            self.counted(target.name, outcome)
+
+    async def _deliver(self, target: NotifyTarget, notice: Outgoing) -> None:
         error = ""
         for attempt in range(target.retries + 1):
             if attempt:
-                await asyncio.sleep(backoff_delay(attempt, base=RETRY_BASE, cap=RETRY_CAP))
+                await self._held(target, backoff_delay(attempt, base=RETRY_BASE, cap=RETRY_CAP))
             error, retry = await self._post(target, notice)
             if not error:
-                self.counted(target.name, "sent")
+                self._count(target, "sent", notice)
                 log.debug("notify_sent target=%s event=%s", target.name, notice.event)
                 return
             if not retry:
                 break
-        self.counted(target.name, "failed")
+        self._count(target, "failed", notice)
         log.warning(
             "notify_failed target=%s event=%s service=%s attempts=%d error=%s",
             target.name,
@@ -188,10 +240,11 @@ class Notifier(EngineListener):
             error,
         )
 
-    async def _post(self, target: NotifyTarget, notice: Notice) -> tuple[str, bool]:
+    async def _post(self, target: NotifyTarget, notice: Outgoing) -> tuple[str, bool]:
         """One attempt, bounded as a whole by ``target.timeout``: ('', _) when delivered,
         else the error and whether to retry."""
         url = target.url.get_secret_value()
+        self._next_post[target.name] = time.monotonic() + DIGEST_INTERVAL
         try:
             # httpx's timeout bounds each read, so a receiver dripping a byte at a time
             # would hold the attempt forever: the deadline covers the whole exchange.
@@ -209,15 +262,20 @@ class Notifier(EngineListener):
         # 4xx other than 429 will not change on a retry (a revoked Slack hook answers 404).
         return f"status {status}", status >= 500 or status == 429
 
-    async def _exchange(self, target: NotifyTarget, notice: Notice, url: str) -> int:
+    async def _exchange(self, target: NotifyTarget, notice: Outgoing, url: str) -> int:
         """POST the notice; read at most ``BODY_LIMIT`` of the answer (nobody needs it, and
-        an endless body must not grow the process); return the status."""
+        an endless body must not grow the process); return the status. A Retry-After holds
+        the target's next POST."""
         assert self._client is not None
         headers = {name: value.get_secret_value() for name, value in target.headers.items()}
         request = self._client.build_request(
             "POST", url, json=payload(target, notice), headers=headers, timeout=target.timeout
         )
         response = await self._client.send(request, stream=True)
+        wait = retry_after(response.headers.get("retry-after"), self.clock())
+        if wait is not None:
+            held = time.monotonic() + wait
+            self._next_post[target.name] = max(self._next_post[target.name], held)
         try:
             read = 0
             async for chunk in response.aiter_raw():
@@ -239,3 +297,19 @@ def _redacted(text: str, target: NotifyTarget, url: str | None = None) -> str:
     for secret in sorted((s for s in secrets if len(s) >= 3), key=len, reverse=True):
         text = text.replace(secret, "<redacted>")
     return text
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` value asks for (delay-seconds or an HTTP date, RFC 9110
+    10.2.3), at most ``RETRY_AFTER_CAP``; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)

@@ -28,6 +28,9 @@ from trafficflip.config.schema import HttpCheck
 
 # Bodies are matched on a bounded prefix: a health page is small, a misrouted one may not be.
 MAX_BODY = 64 * 1024
+# The most header bytes read before an answer's headers end (nginx's and Node's default
+# limits are 8 and 16 KiB): an endless header must not grow the process or burn a core.
+MAX_HEADERS = 16 * 1024
 USER_AGENT = "trafficflip-probe"
 # An unanswered TLS close_notify must not keep a finished probe's transport for asyncio's 30 s.
 TLS_SHUTDOWN_TIMEOUT = 1.0
@@ -35,6 +38,10 @@ TLS_SHUTDOWN_TIMEOUT = 1.0
 
 class AnswerError(Exception):
     """The site's answer was not a complete HTTP response (named "protocol error")."""
+
+
+class HeadersTooLarge(AnswerError):
+    """The answer's headers went on past ``MAX_HEADERS`` (named "headers too large")."""
 
 
 def lean_supports(check: HttpCheck) -> bool:
@@ -137,6 +144,9 @@ class _Exchange(asyncio.Protocol):
         self.status = 0
         self.body: list[bytes] = []
         self.body_size = 0
+        # Bytes received while the headers were still being read (interim answers included).
+        self.header_bytes = 0
+        self.headers_done = False
         # An answer without Content-Length or chunked encoding ends when the site closes.
         self.framed = False
 
@@ -148,11 +158,17 @@ class _Exchange(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.answer.done():
             return
+        if not self.headers_done:
+            self.header_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if not self.answer.done():
                 self.answer.set_exception(AnswerError(str(exc)))
+            return
+        # Checked after the feed: a read may hold the end of the headers and body bytes.
+        if not self.headers_done and self.header_bytes > MAX_HEADERS and not self.answer.done():
+            self.answer.set_exception(HeadersTooLarge(f"headers above {MAX_HEADERS} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.answer.done():
@@ -175,6 +191,7 @@ class _Exchange(asyncio.Protocol):
         if status < 200:
             self.framed = False
             return  # an interim answer (100 Continue): the real one follows
+        self.headers_done = True
         self.status = status
         if not self.prepared.read_body or status not in self.prepared.expect_status:
             self._resolve()

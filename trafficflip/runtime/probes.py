@@ -10,14 +10,19 @@ HTTP checks take one of two paths (``Prober(http=...)``):
   client.
 
 Both paths give the same reasons: ``status N``, ``body mismatch``, ``timeout``, ``connect
-refused``, ``tls error``, ``protocol error``, ``connect error``, ``slow ...`` and
-``inconclusive: prober overloaded ...``. Results are stamped with ``clock`` (monotonic by
-default, as every decision compares them).
+refused``, ``tls error``, ``protocol error``, ``headers too large``, ``connect error``, ``slow
+...``, ``inconclusive: prober overloaded ...`` and, when this process could not open a socket
+(``LOCAL_EXHAUSTION``), ``inconclusive: local resources exhausted (EMFILE)``. Headers are
+capped at ``MAX_HEADERS`` on the lean path, and at httpcore's own 100 KiB
+(``MAX_INCOMPLETE_EVENT_SIZE``) on the httpx path. Results are stamped with ``clock``
+(monotonic by default, as every decision compares them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
 import ssl
 import time
@@ -38,6 +43,7 @@ from trafficflip.runtime.probe_http import (
     MAX_BODY,
     USER_AGENT,
     AnswerError,
+    HeadersTooLarge,
     LeanRequest,
     lean_http,
     lean_supports,
@@ -50,6 +56,10 @@ PREPARED_CACHE = 100_000
 # A timeout during which our own event loop stalled this share of the timeout is ours.
 OVERLOAD_FRACTION = 0.25
 MAX_IN_FLIGHT = 64
+# Errors that say this process or host is out of descriptors or buffers, not that the site
+# is down: such a probe counts neither way (a flood of API connections once failed every
+# site at once with EMFILE).
+LOCAL_EXHAUSTION = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 HEARTBEAT = 0.05
 
 
@@ -138,6 +148,11 @@ class Prober:
         except TimeoutError:
             reason = "timeout"
         except Exception as exc:  # a probe must never take the scheduler down
+            exhausted = local_exhaustion(exc)
+            if exhausted is not None:
+                reason = f"inconclusive: local resources exhausted ({exhausted})"
+                latency = time.monotonic() - started
+                return ProbeResult(False, reason, latency, self.clock(), inconclusive=True)
             reason = _describe_error(exc)
         latency = time.monotonic() - started
         if reason is None and isinstance(check, HttpCheck) and check.max_latency is not None:
@@ -240,6 +255,19 @@ async def _dns(check: DnsCheck, timeout: float) -> str | None:
     return None
 
 
+def local_exhaustion(exc: BaseException) -> str | None:
+    """The errno name (``EMFILE``) when ``exc`` or what caused it is one of
+    ``LOCAL_EXHAUSTION``, else None."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # causes chain a few levels deep (httpx, httpcore, the OS error)
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in LOCAL_EXHAUSTION:
+            return errno.errorcode.get(seen.errno, os.strerror(seen.errno))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _describe_error(exc: BaseException) -> str:
     """A short, stable reason for a probe failure (counted by reason in metrics)."""
     if isinstance(exc, httpx.TimeoutException | dns.exception.Timeout):
@@ -253,6 +281,11 @@ def _describe_error(exc: BaseException) -> str:
         return "connect refused"
     if isinstance(cause, ssl.SSLError) or "certificate" in str(exc).lower():
         return "tls error"
+    if isinstance(exc, HeadersTooLarge) or (
+        # h11's words when an answer's head outgrows httpcore's buffer limit.
+        isinstance(exc, httpx.RemoteProtocolError) and "buffer too long" in str(exc)
+    ):
+        return "headers too large"
     if isinstance(exc, httpx.RemoteProtocolError | AnswerError):
         return "protocol error"
     if isinstance(exc, httpx.ConnectError | OSError):
