@@ -191,9 +191,27 @@ ROUTE53_THROTTLED = (
 )
 
 
+# Route53's answers for the faults ``CountingProxy.fail_next`` injects: (HTTP status, code).
+ROUTE53_FAULTS = {
+    "Throttling": (400, "Throttling"),
+    "PriorRequestNotComplete": (400, "PriorRequestNotComplete"),
+    "ServiceUnavailable": (503, "ServiceUnavailable"),
+}
+
+
+def route53_error(code: str) -> bytes:
+    return (
+        b'<?xml version="1.0"?>\n<ErrorResponse xmlns="https://route53.amazonaws.com/doc/'
+        b'2013-04-01/"><Error><Type>Sender</Type><Code>' + code.encode() + b"</Code>"
+        b"<Message>injected by the test</Message></Error><RequestId>fault</RequestId>"
+        b"</ErrorResponse>"
+    )
+
+
 class CountingProxy:
     """A loopback HTTP proxy in front of moto that counts Route53 change calls and, with
-    ``max_changes_per_second``, refuses calls beyond that rate as Route53 does (Throttling)."""
+    ``max_changes_per_second``, refuses calls beyond that rate as Route53 does (Throttling).
+    ``fail_next`` makes the next calls, whatever they are, answer the given faults."""
 
     def __init__(self, target: str, *, max_changes_per_second: float | None = None) -> None:
         self.target = target.removeprefix("http://")
@@ -204,6 +222,9 @@ class CountingProxy:
         self.last_change_done: float | None = None
         self._rate = max_changes_per_second
         self._recent: list[float] = []
+        self._faults: list[str] = []
+        # When each injected fault was answered (time.monotonic()).
+        self.faulted_at: list[float] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -215,6 +236,13 @@ class CountingProxy:
                 body = self.rfile.read(length) if length else b""
                 with proxy._lock:
                     proxy.requests += 1
+                    fault = proxy._faults.pop(0) if proxy._faults else None
+                    if fault is not None:
+                        proxy.faulted_at.append(time.monotonic())
+                if fault is not None:
+                    status, code = ROUTE53_FAULTS[fault]
+                    self._reply(status, route53_error(code), "text/xml")
+                    return
                 # boto3 posts to .../rrset/ (a trailing slash); count either form.
                 change = self.path.split("?")[0].rstrip("/").endswith("/rrset")
                 if self.command == "POST" and change and not proxy.admit():
@@ -247,6 +275,16 @@ class CountingProxy:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+
+    def fail_next(self, faults: list[str]) -> None:
+        """Answer the next ``len(faults)`` calls with these Route53 errors, in order."""
+        with self._lock:
+            self._faults = list(faults)
+
+    @property
+    def faults_left(self) -> int:
+        with self._lock:
+            return len(self._faults)
 
     def admit(self) -> bool:
         """Count a change call; False when it exceeds the enforced rate (one-second window)."""
