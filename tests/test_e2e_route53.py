@@ -66,7 +66,7 @@ def test_failover_and_gradual_failback(deployment: Deployment) -> None:
     assert f"failover www: primary down ({check} connect refused x2) -> dr" in log
     # Health transitions are logged with their check, and a returning site's stabilize.
     assert f"site_down service=www site=primary reason='{check} connect refused x2'" in log
-    assert "site_up service=www site=primary stabilizing until" in log
+    assert f"site_up service=www site=primary checks='{check}' stabilizing until" in log
 
 
 def test_sigkill_mid_ramp_resumes_at_the_same_step(tmp_path: Path, moto_server: MotoServer) -> None:

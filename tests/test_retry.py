@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+
+import pytest
 
 from tests.simulation.vloop import VirtualTimeLoop
 from tests.test_engine import Rig
@@ -98,6 +101,24 @@ async def test_a_failover_cuts_a_pending_backoff_short() -> None:
     rig.engine.execute("www", "release", {}, "test")  # back to automatic, still waiting
     rig.probe("primary", False)  # a failover now: it must not wait the 7 s
     assert sync.retry_at is not None and sync.retry_at - rig.now <= URGENT_RETRY_AFTER_CAP
+
+
+async def test_a_repeated_error_is_logged_at_error_once_per_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: a wrong TSIG secret was logged at ERROR every second (each tick asked
+    again); the journal already said it once per change of error."""
+    rig = await failing_once(PermanentProviderError("BADSIG"))
+    for _ in range(5):
+        await rig.tick()
+    rig.provider.fail = lambda: PermanentProviderError("NOTAUTH")
+    for _ in range(3):
+        await rig.tick()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    lines = [m for m in errors if m.startswith("provider_error")]
+    assert len(lines) == 2, lines
+    assert "BADSIG" in lines[0] and "NOTAUTH" in lines[1]
+    assert rig.engine.syncs["mem"].status.errors >= 8  # every repeat is still counted
 
 
 async def test_a_permanent_error_waits_for_the_reconcile() -> None:

@@ -263,7 +263,18 @@ class Engine:
                 if site not in state.members and health.since is not None:
                     until = self.clock.to_wall(health.since + config.failback.stabilize)
                     note = f" stabilizing until {_clock_time(until)}"
-                log.info("site_up service=%s site=%s%s", name, site, note)
+                log.info(
+                    "site_up service=%s site=%s checks=%r%s",
+                    name,
+                    site,
+                    self._checks_of(name, site),
+                    note,
+                )
+
+    def _checks_of(self, name: str, site: str) -> str:
+        """The site's checks as reasons name them (``http http://...``), up ones first."""
+        keys = self.services[name].site_checks.get(site, [])
+        return ", ".join(self.monitor.jobs[key].label for key in keys if key in self.monitor.jobs)
 
     # -- decisions ------------------------------------------------------------------------
 
