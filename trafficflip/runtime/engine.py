@@ -320,7 +320,12 @@ class Engine:
         start-up ends with a read, not with trust; failovers among them are urgent."""
         for provider, members in self._by_provider(self.services).items():
             ready = [n for n in members if self.states[n].shares is not None]
-            urgent = [n for n in ready if self._moves_off_dead(n, self.states[n])]
+            # Only a write still to land is urgent: a reconcile of what was applied reads.
+            urgent = [
+                n
+                for n in ready
+                if self.states[n].applied_at is None and self._moves_off_dead(n, self.states[n])
+            ]
             if urgent:
                 self.syncs[provider].request(urgent, urgent=True)
             self.syncs[provider].request(ready)
