@@ -114,6 +114,18 @@ class SimProvider(MemoryProvider):
             raise TransientProviderError("sim timeout after the write landed", kind="timeout")
         return receipt
 
+    def edit_by_hand(self, name: str, rng: random.Random) -> None:
+        """Someone else's change: the weights of one service shuffled (never all zero)."""
+        held = self.answers.get(name, {})
+        weights = [a.weight or 0 for a in held.values()]
+        if not any(weights):
+            return
+        rng.shuffle(weights)
+        self.answers[name] = {
+            site: Answer(a.site, a.targets, w, a.ttl)
+            for (site, a), w in zip(held.items(), weights, strict=True)
+        }
+
     def site_weights(self, name: str) -> dict[str, int]:
         return {
             site: answer.weight or 0
