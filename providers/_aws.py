@@ -33,11 +33,11 @@ THROTTLED_CODES = frozenset(
 )
 # Codes every AWS API uses for "try again"; adapters add their own.
 THROTTLING_CODES = THROTTLED_CODES | {"ServiceUnavailable", "InternalError", "InternalFailure"}
-# Without a retry-after, the budget holds one to three calls' worth of the quota (AWS refills
+# Without a retry-after, the budget holds one or two calls' worth of the quota (AWS refills
 # its token bucket continuously: Route53's 5 calls/s is a token every 0.2 s), jittered so
 # that several trafficflip processes sharing an account do not return together. A longer
 # hold would make a throttled failover wait past its worth (a second per throttle).
-THROTTLE_HOLD = (0.2, 0.6)
+THROTTLE_HOLD = (0.2, 0.4)
 
 
 def call_time(timeout: float) -> float:

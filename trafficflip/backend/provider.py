@@ -87,7 +87,7 @@ class Provider(ABC):
     # Seconds between the starts of two writes: what is decided meanwhile joins the next
     # call (a mass failover in few calls). The first write after a quiet spell goes at once.
     WRITE_SPACING: ClassVar[float] = 0.0
-    # Seconds between attempts of a failover that failed (jittered up to twice this): the
+    # Seconds between attempts of a failover that failed (jittered from half of this): the
     # call rate the backend allows one writer. A failover never waits behind a backoff.
     URGENT_RETRY_SPACING: ClassVar[float] = 0.2
     Config: ClassVar[type[BaseModel]]

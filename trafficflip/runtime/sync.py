@@ -38,8 +38,8 @@ log = logging.getLogger("trafficflip")
 # Backoff of a write that moves no traffic off a dead site (a ramp step, a TTL restore, a
 # reconcile): it can wait, and a backend in trouble is not hammered.
 RETRY_BASE, RETRY_CAP = 1.0, 30.0
-# An urgent write (a failover) is retried every Provider.URGENT_RETRY_SPACING to twice that,
-# jittered, for as long as it fails: a failover is worth less with every second it waits,
+# An urgent write (a failover) is retried after half of Provider.URGENT_RETRY_SPACING to all
+# of it, jittered, for as long as it fails: a failover is worth less with every second it waits,
 # and the provider's call budget already keeps the calls within what the backend allows.
 # A backend's own retry-after is honoured up to this; past it, a failover goes anyway.
 URGENT_RETRY_AFTER_CAP = 2.0
@@ -476,7 +476,7 @@ class ProviderSync:
         """The wait before retrying a failover: the provider's spacing, jittered so that
         several instances or processes sharing an account do not retry together."""
         spacing = self.provider.URGENT_RETRY_SPACING
-        delay = self._rng.uniform(spacing, 2 * spacing)
+        delay = self._rng.uniform(spacing / 2, spacing)
         return max(delay, min(retry_after or 0.0, URGENT_RETRY_AFTER_CAP))
 
     # -- confirmation ---------------------------------------------------------------------
