@@ -108,7 +108,8 @@ class ProviderSync:
         self._known: dict[str, tuple[float, tuple[Answer, ...]]] = {}
         self._last_write: float | None = None
         self._urgent = asyncio.Event()
-        self._quiet = asyncio.Event()  # set while no call is in flight
+        # Set while no call is in flight or about to start (a retry's wait counts as quiet).
+        self._quiet = asyncio.Event()
         self._quiet.set()
         self._worker: asyncio.Task[None] | None = None
         # After a transient failure: when the retry is due, and when it is due at the latest
@@ -348,8 +349,6 @@ class ProviderSync:
         self.status.lagging = self.provider.lagging_instances
         self._succeeded()
         self._applied(plan, configs, planned, receipt)
-        for service in configs:  # written, or nothing to write: no longer urgent
-            self._urgent_names.discard(service.name)
         self._listeners.provider_synced(self.name, None, took)
         return plan
 
@@ -372,7 +371,7 @@ class ProviderSync:
             if changes:
                 written = planned.get(service.name, (None, None))[0]
                 self._journal_changes(service, state, changes, receipt, exact, written)
-            if exact:
+            if exact:  # its newest decision is written: no longer urgent
                 self._urgent_names.discard(service.name)
             if exact and state.applied_at is None:
                 applied = replace(state, applied_at=self._clock.now())
