@@ -272,7 +272,7 @@ class Engine:
                 )
 
     def _checks_of(self, name: str, site: str) -> str:
-        """The site's checks as reasons name them (``http http://...``), up ones first."""
+        """The site's checks as reasons name them (``http http://...``), as configured."""
         keys = self.services[name].site_checks.get(site, [])
         return ", ".join(self.monitor.jobs[key].label for key in keys if key in self.monitor.jobs)
 
