@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from tests.simulation.cluster import simulate_cluster
 from tests.simulation.run import simulate
 
 # 300 seeds in every run; TRAFFICFLIP_SIM_SEEDS=2000 (say) searches wider.
@@ -27,6 +28,23 @@ def test_every_promise_holds_at_every_step(first: int) -> None:
         if violations:
             failures.append(
                 f"{violations[0]}\n  replay: .venv/bin/python -m tests.simulation.run "
+                f"--seed {seed} --verbose"
+            )
+    assert not failures, "\n".join(failures)
+
+
+# Cluster mode: two instances, a lease on virtual time, partitions (see ``cluster.py``).
+CLUSTER_SEEDS = int(os.environ.get("TRAFFICFLIP_SIM_CLUSTER_SEEDS", "100"))
+
+
+@pytest.mark.parametrize("first", range(0, CLUSTER_SEEDS, BATCH))
+def test_one_writer_and_no_stale_term_through_partitions(first: int) -> None:
+    failures = []
+    for seed in range(first, min(first + BATCH, CLUSTER_SEEDS)):
+        violations = simulate_cluster(seed)
+        if violations:
+            failures.append(
+                f"{violations[0]}\n  replay: .venv/bin/python -m tests.simulation.cluster "
                 f"--seed {seed} --verbose"
             )
     assert not failures, "\n".join(failures)

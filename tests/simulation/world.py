@@ -19,7 +19,7 @@ from trafficflip.config.loader import Config, ProviderSpec, load_config
 from trafficflip.config.schema import ServiceConfig
 from trafficflip.decision.model import Answer, JournalEntry, ProbeResult
 from trafficflip.decision.plan import Plan
-from trafficflip.errors import PermanentProviderError, TransientProviderError
+from trafficflip.errors import NotLeaderError, PermanentProviderError, TransientProviderError
 from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.state import SqliteStateStore
@@ -154,7 +154,10 @@ class PumpedWriter(StateWriter):
             self._queue.put_back(batch)
             self._failed(OSError("sim: database is locked"))
             return
-        self.store.write(batch)
+        try:
+            self.store.write(batch)
+        except NotLeaderError:
+            return  # a term that ended: dropped, never replayed (as the writer's thread does)
         self._recovered()
 
     def lose(self) -> None:

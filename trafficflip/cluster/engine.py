@@ -16,6 +16,7 @@ Every seam is small and listed here:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 
 from trafficflip.backend.provider import Authority, Provider
@@ -29,6 +30,7 @@ from trafficflip.runtime.clock import Clock
 from trafficflip.runtime.engine import Engine
 from trafficflip.runtime.journal import resumed_state
 from trafficflip.runtime.state import StateStore
+from trafficflip.runtime.writer import StateWriter
 
 
 class ClusterEngine(Engine):
@@ -46,12 +48,15 @@ class ClusterEngine(Engine):
         refused: Callable[[], None],
         term: Callable[[], int] = lambda: 0,
         clock: Clock | None = None,
+        writer: StateWriter | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        """``writer`` and ``rng`` as for ``Engine`` (the fault simulation passes both)."""
         self.leading = leading
         self.authority = authority
         self._observed = observed
         self._refused = refused
-        super().__init__(services, store, providers, clock)
+        super().__init__(services, store, providers, clock, writer=writer, rng=rng)
         if self.writer is not None:
             self.writer.bind_term(term)
 
