@@ -135,7 +135,7 @@ class EtcdStateStore:
         self._check_etcd()
         fence = self._fence(term)
         if fence is not None and not self._writable():
-            raise EtcdUnavailable(f"{what}: the lease is not confirmed by a recent keepalive")
+            raise EtcdUnavailable(f"{what}: the lease is not confirmed by a recent etcd keepalive")
         if fence is None or not self.client.txn([fence], ops).succeeded:
             self.refusals += 1
             log.error("fencing_refused %s: not the leader (lease lost or deposed)", what)
