@@ -213,21 +213,11 @@ class ClusterSimulation:
         raise Violation(f"cluster seed {self.seed} t={self.loop.time():.2f}: {message}")
 
     def run(self) -> list[str]:
-        violations: list[str] = []
         try:
-            self.loop.run_until_complete(self._main())
-        except Violation as exc:
-            violations.append(str(exc))
+            broken = self.loop.run_to_the_end(self._main())
         finally:
-            for instance in self.instances:
-                instance.engine.halt()
-            tasks = asyncio.all_tasks(self.loop)
-            for task in tasks:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            self.loop.close()
             self.store.close()
-        return violations
+        return [broken] if broken else []
 
     async def _main(self) -> None:
         for instance in self.instances:

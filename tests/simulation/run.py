@@ -75,7 +75,6 @@ class Simulation:
         self.restarted_at: list[tuple[float, float]] = []  # (down from, up again)
         self.schedule: list[Scheduled] = []
         self.journal: list[JournalEntry] = []
-        self.violations: list[str] = []
         self.engine: Engine
         self.writer: PumpedWriter
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,19 +129,12 @@ class Simulation:
     # -- running --------------------------------------------------------------------------
 
     def run(self) -> list[str]:
+        """The broken promise that ended the run, if any (at most one: the first)."""
         try:
-            self.loop.run_until_complete(self._main())
-        except Violation as exc:
-            self.violations.append(str(exc))
+            broken = self.loop.run_to_the_end(self._main())
         finally:
-            self.engine.halt()
-            tasks = asyncio.all_tasks(self.loop)
-            for task in tasks:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            self.loop.close()
             self.store.close()
-        return self.violations
+        return [broken] if broken else []
 
     async def _main(self) -> None:
         self._start_engine()

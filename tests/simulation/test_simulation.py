@@ -9,6 +9,7 @@ the one-line command that replays it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 
@@ -20,17 +21,23 @@ SEEDS = int(os.environ.get("TRAFFICFLIP_SIM_SEEDS", "300"))
 BATCH = 25
 
 
-@pytest.mark.parametrize("first", range(0, SEEDS, BATCH))
-def test_every_promise_holds_at_every_step(first: int) -> None:
+def failing(simulate_one: Callable[[int], list[str]], module: str, first: int, end: int) -> str:
+    """The broken promises of seeds ``first`` to ``end``, each with its replay command."""
     failures = []
-    for seed in range(first, min(first + BATCH, SEEDS)):
-        violations = simulate(seed)
+    for seed in range(first, end):
+        violations = simulate_one(seed)
         if violations:
             failures.append(
-                f"{violations[0]}\n  replay: .venv/bin/python -m tests.simulation.run "
+                f"{violations[0]}\n  replay: .venv/bin/python -m tests.simulation.{module} "
                 f"--seed {seed} --verbose"
             )
-    assert not failures, "\n".join(failures)
+    return "\n".join(failures)
+
+
+@pytest.mark.parametrize("first", range(0, SEEDS, BATCH))
+def test_every_promise_holds_at_every_step(first: int) -> None:
+    failures = failing(simulate, "run", first, min(first + BATCH, SEEDS))
+    assert not failures, failures
 
 
 # Cluster mode: two instances, a lease on virtual time, partitions (see ``cluster.py``).
@@ -39,12 +46,5 @@ CLUSTER_SEEDS = int(os.environ.get("TRAFFICFLIP_SIM_CLUSTER_SEEDS", "100"))
 
 @pytest.mark.parametrize("first", range(0, CLUSTER_SEEDS, BATCH))
 def test_one_writer_and_no_stale_term_through_partitions(first: int) -> None:
-    failures = []
-    for seed in range(first, min(first + BATCH, CLUSTER_SEEDS)):
-        violations = simulate_cluster(seed)
-        if violations:
-            failures.append(
-                f"{violations[0]}\n  replay: .venv/bin/python -m tests.simulation.cluster "
-                f"--seed {seed} --verbose"
-            )
-    assert not failures, "\n".join(failures)
+    failures = failing(simulate_cluster, "cluster", first, min(first + BATCH, CLUSTER_SEEDS))
+    assert not failures, failures

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 
@@ -58,3 +58,18 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self._virtual[0]
+
+    def run_to_the_end(self, main: Coroutine[Any, Any, None]) -> str | None:
+        """Run ``main``; then cancel every task left and close. Returns the message of an
+        ``AssertionError`` that ended it (a broken promise), else None."""
+        try:
+            self.run_until_complete(main)
+            return None
+        except AssertionError as exc:
+            return str(exc)
+        finally:
+            tasks = asyncio.all_tasks(self)
+            for task in tasks:
+                task.cancel()
+            self.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.close()
